@@ -1,0 +1,28 @@
+"""The demo: the embedded synthetic corpus (planted keywords, triggers, flipped labels)
+and a tiny BERT trained from scratch with SGD + momentum. Minutes on a laptop CPU."""
+from tracin_jax.config import base_config
+
+
+def get_config():
+    cfg = base_config()
+    cfg.name = "demo"
+    cfg.data.source = "synthetic"
+    cfg.tokenizer.kind = "word"
+    cfg.tokenizer.max_length = 32
+    cfg.model.kind = "bert"
+    cfg.model.hidden_size = 64
+    cfg.model.num_hidden_layers = 2
+    cfg.model.num_attention_heads = 2
+    cfg.model.intermediate_size = 128
+    cfg.model.max_position_embeddings = 64
+    cfg.model.hidden_dropout_prob = 0.0
+    cfg.model.attention_probs_dropout_prob = 0.0
+    cfg.train.optimizer = "sgd"
+    cfg.train.lr = 0.05
+    cfg.train.momentum = 0.9
+    cfg.train.epochs = 6
+    cfg.train.batch_size = 32
+    cfg.train.checkpoint_every_epochs = 2  # 3 checkpoints, as the paper's 3-5 (appendix K)
+    cfg.grads.k = 10
+    cfg.grads.shard_size = 512
+    return cfg

@@ -1,0 +1,161 @@
+"""Experiment configuration: one ``ml_collections.ConfigDict`` per run.
+
+``configs/NAME.py`` files define ``get_config()`` returning ``base_config()`` with
+overrides. Every field can be overridden on the command line as
+``--config.train.lr=1e-3`` (see :func:`apply_overrides`).
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+from pathlib import Path
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    from tracin_jax.data import default_data_config
+
+    cfg = ml_collections.ConfigDict()
+    cfg.name = "run"
+    cfg.seed = 0
+    cfg.data = default_data_config()
+
+    cfg.tokenizer = ml_collections.ConfigDict()
+    cfg.tokenizer.kind = "word"  # 'bert' | 'roberta' | 'word'
+    cfg.tokenizer.path = ml_collections.FieldReference(None, field_type=str)
+    cfg.tokenizer.lowercase = True
+    cfg.tokenizer.max_length = 128  # SPEC "Paper settings": max sequence length 128
+    cfg.tokenizer.vocab_size = 5000
+    cfg.tokenizer.min_freq = 1
+
+    cfg.model = ml_collections.ConfigDict()
+    cfg.model.kind = "bert"  # 'bert' | 'roberta' | 'cnn'
+    cfg.model.hf_dir = ml_collections.FieldReference(None, field_type=str)
+    cfg.model.vocab_size = ml_collections.FieldReference(None, field_type=int)
+    cfg.model.num_labels = ml_collections.FieldReference(None, field_type=int)
+    cfg.model.hidden_size = 128
+    cfg.model.num_hidden_layers = 2
+    cfg.model.num_attention_heads = 2
+    cfg.model.intermediate_size = 512
+    cfg.model.hidden_act = "gelu"
+    cfg.model.max_position_embeddings = 512
+    cfg.model.type_vocab_size = 2
+    cfg.model.hidden_dropout_prob = 0.1
+    cfg.model.attention_probs_dropout_prob = 0.1
+    cfg.model.layer_norm_eps = 1e-12
+    cfg.model.pad_token_id = 0
+    cfg.model.dtype = "float32"
+    # CNN (paper sec. 3.2): embedding 128, conv1d k=5 x2, conv1d k=1, max pool, dense.
+    cfg.model.embed_dim = 128
+    cfg.model.filters = 128
+    cfg.model.kernel_sizes = (5, 5, 1)
+    cfg.model.dropout_rate = 0.0
+
+    cfg.train = ml_collections.ConfigDict()
+    cfg.train.optimizer = "sgd"  # 'sgd' (momentum, the paper's) | 'adamw'
+    cfg.train.lr = 2e-4
+    cfg.train.momentum = 0.9  # paper sec. 5: SGD with momentum 0.9
+    cfg.train.weight_decay = 0.0
+    cfg.train.schedule = "constant"  # 'constant' | 'linear' | 'cosine'
+    cfg.train.warmup_steps = 0
+    cfg.train.epochs = 1
+    cfg.train.max_steps = ml_collections.FieldReference(None, field_type=int)
+    cfg.train.batch_size = 32
+    cfg.train.eval_batch_size = 64
+    cfg.train.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)
+    cfg.train.freeze_word_embeddings = False  # no-overlap experiment (SPEC)
+    cfg.train.checkpoint_every_epochs = 1
+    cfg.train.checkpoint_every_steps = 0
+    cfg.train.checkpoint_steps = ()
+    cfg.train.log_every_steps = 50
+    cfg.train.num_devices = ml_collections.FieldReference(None, field_type=int)
+
+    # Test points: balanced per class from the eval split (paper: 20 per class on
+    # toxicity, 25 on AG News, 10 on MNLI).
+    cfg.test_points = ml_collections.ConfigDict()
+    cfg.test_points.per_class = 5
+    cfg.test_points.seed = 0
+
+    cfg.grads = ml_collections.ConfigDict()
+    cfg.grads.k = 10  # SPEC eq. 5: top-10 positions by gradient norm
+    cfg.grads.topk_by = "position"
+    cfg.grads.dtype = "float32"
+    cfg.grads.batch_size = 32
+    cfg.grads.shard_size = 1024
+    cfg.grads.mode = "vmap"  # 'vmap' (vmap of per-example grad) | 'sum' (grad of summed loss)
+    return cfg
+
+
+def load_config(path: str | Path) -> ml_collections.ConfigDict:
+    """Executes ``get_config()`` of a config file (Python, part of this repo or the user's)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"tracin_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} defines no get_config()")
+    return module.get_config()
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+    """Applies ``config.a.b=value`` strings (the ``--`` and ``config.`` prefixes optional).
+
+    Values are parsed as Python literals when possible (``1e-3``, ``(5, 10)``,
+    ``None``, ``True``), else kept as strings. Unknown keys are an error.
+    """
+    for item in overrides:
+        item = item.removeprefix("--").removeprefix("config.")
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = cfg
+        for p in parents:
+            if p not in node:
+                raise KeyError(f"unknown config key {key!r} (no {p!r})")
+            node = node[p]
+        if leaf not in node:
+            raise KeyError(f"unknown config key {key!r}; known at this level: {sorted(node.keys())}")
+        value = _parse_value(text)
+        current = node[leaf]
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        if isinstance(current, str) and not isinstance(value, str):
+            value = text
+        node[leaf] = value
+    return cfg
+
+
+def to_json(cfg: ml_collections.ConfigDict) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    base = base_config()
+    loaded = json.loads(text)
+
+    def merge(node, values):
+        for key, value in values.items():
+            if key in node and isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
+                merge(node[key], value)
+            else:
+                if isinstance(value, list) and key in node and isinstance(node[key], tuple):
+                    value = tuple(value)
+                with node.ignore_type():
+                    node[key] = value
+
+    merge(base, loaded)
+    return base

@@ -1,0 +1,128 @@
+"""Drives gradient extraction for a dataset split over checkpoints into a gradient store.
+
+Memory stays bounded by one store shard whatever the dataset size; a killed run
+restarts and skips complete shards (the store checks them by checksum). On many
+hosts each process uses a mesh over its own devices and writes the shards it owns
+(``i % process_count == process_index``); nothing crosses hosts.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from tracin_jax import mesh as mesh_lib
+from tracin_jax.grads.embedding_grads import make_gradient_fn
+from tracin_jax.models import check_token_ids
+from tracin_jax.store import GradientStore, GradientStoreWriter
+
+log = logging.getLogger(__name__)
+
+_INPUT_FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+def batch_rows(encoded, rows: np.ndarray, batch_size: int) -> tuple[dict[str, np.ndarray], int]:
+    """Rows of an ``EncodedDataset`` as a batch padded to ``batch_size`` by repeating the last row.
+
+    Returns the batch and the number of real rows (the padding is dropped by the caller).
+    """
+    n = len(rows)
+    if n == 0 or n > batch_size:
+        raise ValueError(f"need 1..{batch_size} rows, got {n}")
+    padded = np.concatenate([rows, np.full(batch_size - n, rows[-1])]) if n < batch_size else rows
+    return {f: np.asarray(getattr(encoded, f))[padded] for f in _INPUT_FIELDS}, n
+
+
+def compute_records(grad_fn, params, encoded, rows: np.ndarray, batch_size: int, mesh,
+                    vectors_dtype: str = "float32") -> dict[str, np.ndarray]:
+    """Store records for dataset positions ``rows`` (one shard), in order."""
+    parts: list[dict[str, np.ndarray]] = []
+    padded_total = 0
+    for start in range(0, len(rows), batch_size):
+        batch, n = batch_rows(encoded, rows[start:start + batch_size], batch_size)
+        padded_total += batch_size - n
+        out = grad_fn(params, mesh_lib.shard_batch(batch, mesh))
+        parts.append({k: mesh_lib.local_rows(v)[:n] for k, v in out.items()})
+    if padded_total:
+        log.debug("padded %d rows in a ragged final batch (dropped from the output)", padded_total)
+    records = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if vectors_dtype == "bfloat16":
+        import ml_dtypes
+        records["vectors"] = records["vectors"].astype(ml_dtypes.bfloat16)
+    records["example_id"] = np.asarray(encoded.ids)[rows].astype(np.int64)
+    records["label"] = np.asarray(encoded.labels)[rows].astype(np.int32)
+    return records
+
+
+def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str | Path, *,
+                      fingerprint: str, split: str, model_info: dict, vocab_size: int,
+                      k: int | None = 10, topk_by: str = "position", dtype: str = "float32",
+                      shard_size: int = 1024, batch_size: int = 32, mode: str = "vmap",
+                      progress: bool = True) -> GradientStore:
+    """Writes (or completes) the gradient store of ``encoded`` for every checkpoint.
+
+    Args:
+      checkpoints: ``[(step, learning_rate), ...]``.
+      restore_params: ``step -> params`` (host arrays).
+      fingerprint / split / model_info: identify the store; reopening with other
+        values is an error rather than a silent mix.
+    """
+    check_token_ids(np.asarray(encoded.input_ids), vocab_size)
+    mesh = mesh_lib.make_local_mesh()
+    batch_size = mesh_lib.pad_to_multiple(batch_size, mesh.size)
+    writer = GradientStoreWriter(out_dir, num_examples=len(encoded), shard_size=shard_size, k=k,
+                                 dtype=dtype, model_info=dict(model_info, topk_by=topk_by),
+                                 fingerprint=fingerprint, split=split,
+                                 process_index=jax.process_index(), process_count=jax.process_count())
+    grad_fn = make_gradient_fn(model, mesh, k=k, topk_by=topk_by, mode=mode)
+    todo = {}
+    for step, lr in checkpoints:
+        writer.begin_checkpoint(int(step), float(lr))
+        todo[int(step)] = writer.shards_to_write(int(step))
+    total = sum(len(v) for v in todo.values())
+    skipped = len(checkpoints) * -(-writer.num_examples // shard_size) - total
+    if skipped:
+        log.info("%s: %d shards already complete, %d to write", out_dir, skipped, total)
+    bar = None
+    if progress and total:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sum(len(range(*writer.shard_range(i))) for v in todo.values() for i in v),
+                   desc=f"grads[{split}]", unit="ex", dynamic_ncols=True)
+    t0, done = time.time(), 0
+    for step, shards in todo.items():
+        if not shards:
+            continue
+        params = mesh_lib.replicate(restore_params(step), mesh)
+        for shard in shards:
+            start, stop = writer.shard_range(shard)
+            records = compute_records(grad_fn, params, encoded, np.arange(start, stop), batch_size,
+                                      mesh, dtype)
+            writer.write_shard(step, shard, records)
+            done += stop - start
+            if bar is not None:
+                bar.update(stop - start)
+                bar.set_postfix(ex_per_s=f"{done / max(time.time() - t0, 1e-9):.0f}")
+    if bar is not None:
+        bar.close()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("tracin_jax.grads.extract")
+    if jax.process_index() == 0:
+        writer.finalize()
+    return GradientStore(out_dir, allow_incomplete=jax.process_index() != 0)
+
+
+def parse_steps(text: str | None, available: Sequence[int]) -> list[int]:
+    """``"3,5,8"`` → [3, 5, 8] (each must exist); ``None``/``"all"`` → every checkpoint."""
+    available = sorted(int(s) for s in available)
+    if text in (None, "", "all"):
+        return available
+    steps = [int(s) for s in str(text).split(",") if s.strip()]
+    missing = [s for s in steps if s not in available]
+    if missing:
+        raise ValueError(f"checkpoints {missing} not found; available steps: {available}")
+    return steps
