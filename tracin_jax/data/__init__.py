@@ -1,0 +1,37 @@
+"""Data: text sources → `TextDataset` → tokenizer → `EncodedDataset` → fixed-shape batches."""
+from tracin_jax.data.batching import batch_order, epoch_permutation, iterate_batches, num_batches
+from tracin_jax.data.dataset import TextDataset, select_test_points, subsample_indices
+from tracin_jax.data.sources import SOURCES, default_data_config, load_splits
+from tracin_jax.data.synthetic import SyntheticCorpus, default_synthetic_config, make_synthetic
+from tracin_jax.data.tokenize import (
+    Encoded,
+    EncodedDataset,
+    HFTokenizer,
+    WordTokenizer,
+    default_tokenizer_config,
+    encode_dataset,
+    load_tokenizer,
+)
+
+__all__ = [
+    "SOURCES",
+    "Encoded",
+    "EncodedDataset",
+    "HFTokenizer",
+    "SyntheticCorpus",
+    "TextDataset",
+    "WordTokenizer",
+    "batch_order",
+    "default_data_config",
+    "default_synthetic_config",
+    "default_tokenizer_config",
+    "encode_dataset",
+    "epoch_permutation",
+    "iterate_batches",
+    "load_splits",
+    "load_tokenizer",
+    "make_synthetic",
+    "num_batches",
+    "select_test_points",
+    "subsample_indices",
+]
