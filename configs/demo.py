@@ -1,5 +1,8 @@
 """The demo: the embedded synthetic corpus (planted keywords, triggers, flipped labels)
-and a tiny BERT trained from scratch with SGD + momentum. Minutes on a laptop CPU."""
+and a tiny BERT trained from scratch. Minutes on a laptop CPU.
+
+AdamW rather than the paper's SGD: a post-LayerNorm BERT trained from scratch with
+SGD stays at chance here; the pretrained-checkpoint configs keep SGD + momentum."""
 from tracin_jax.config import base_config
 
 
@@ -17,12 +20,11 @@ def get_config():
     cfg.model.max_position_embeddings = 64
     cfg.model.hidden_dropout_prob = 0.0
     cfg.model.attention_probs_dropout_prob = 0.0
-    cfg.train.optimizer = "sgd"
-    cfg.train.lr = 0.05
-    cfg.train.momentum = 0.9
-    cfg.train.epochs = 6
+    cfg.train.optimizer = "adamw"
+    cfg.train.lr = 1e-3
+    cfg.train.epochs = 3
     cfg.train.batch_size = 32
-    cfg.train.checkpoint_every_epochs = 2  # 3 checkpoints, as the paper's 3-5 (appendix K)
+    cfg.train.checkpoint_every_epochs = 1  # 3 checkpoints, as the paper's 3-5 (appendix K)
     cfg.grads.k = 10
     cfg.grads.shard_size = 512
     return cfg

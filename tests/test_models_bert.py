@@ -167,6 +167,8 @@ def test_config_validation_and_hf_dict_round_trip():
         _config("bert", num_attention_heads=5)
     with pytest.raises(ValueError, match="'float16'"):
         _config("bert", dtype="float16")
+    with pytest.raises(ValueError, match="'relative_key'"):
+        BertConfig.from_hf_dict({**d, "position_embedding_type": "relative_key"})
     with pytest.raises(ValueError, match="num_labels is required"):
         BertConfig.from_hf_dict({k: v for k, v in d.items() if k != "id2label"})
 

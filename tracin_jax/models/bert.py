@@ -103,6 +103,9 @@ class BertConfig:
         model_type = d.get("model_type")
         if model_type not in MODEL_TYPES:
             raise ValueError(f"config.json model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+        position_type = d.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise ValueError(f"only absolute position embeddings are supported, got {position_type!r}")
         if num_labels is None:
             if "id2label" in d:
                 num_labels = len(d["id2label"])
