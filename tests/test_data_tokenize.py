@@ -97,9 +97,11 @@ def test_bert_pair_layout_and_padding(bert_dir):
     assert enc.num_truncated == 0
 
 
-def test_bert_truncation_is_counted_logged_and_matches_reference(bert_dir, caplog):
+def test_bert_truncation_is_counted_logged_and_matches_transformers(bert_dir, caplog):
+    """Longest-first pair truncation as transformers' (fast) BertTokenizer does it."""
     tok = load_tokenizer(_cfg(kind="bert", path=str(bert_dir), max_length=8))
-    ref = transformers.BertTokenizerLegacy(vocab_file=str(bert_dir / "vocab.txt"), do_lower_case=True)
+    ref = transformers.BertTokenizer(vocab=str(bert_dir / "vocab.txt"), do_lower_case=True)
+    assert ref.vocab_size == len(WORDPIECE_VOCAB)
     with caplog.at_level(logging.WARNING):
         enc = tok.encode(SENTENCES, PAIRS)
     untruncated = [len(ref(a, b)["input_ids"]) for a, b in zip(SENTENCES, PAIRS)]
@@ -134,7 +136,7 @@ def test_bert_save_and_reload_from_tokenizer_json(bert_dir, tmp_path):
 
 
 def test_roberta_bpe_matches_transformers(roberta_dir):
-    tok = load_tokenizer(_cfg(kind="roberta", path=str(roberta_dir), max_length=48))
+    tok = load_tokenizer(_cfg(kind="roberta", path=str(roberta_dir), max_length=128))
     ref = transformers.RobertaTokenizer(vocab=str(roberta_dir / "vocab.json"),
                                         merges=str(roberta_dir / "merges.txt"))
     assert tok.pad_id == ref.pad_token_id == 1

@@ -293,6 +293,10 @@ def _bert_from_path(path: Path, lowercase: bool):
     vocab = path if path.is_file() else directory / "vocab.txt"
     if not vocab.is_file():
         raise FileNotFoundError(f"bert tokenizer: no vocab.txt or tokenizer.json at {path}")
+    tokens = set(vocab.read_text(encoding="utf-8").splitlines())
+    missing = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]") if t not in tokens]
+    if missing:
+        raise ValueError(f"bert tokenizer: {vocab} lacks special token(s) {missing}")
     return tokenizers.BertWordPieceTokenizer(str(vocab), lowercase=lowercase)
 
 

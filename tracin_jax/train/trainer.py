@@ -192,7 +192,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup: RunSetu
         params, opt_state, meta = store.restore(resumed_from, state.params, state.opt_state)
         state = TrainState(step=jnp.asarray(resumed_from, jnp.int32), params=params, opt_state=opt_state)
         log.info("resuming from checkpoint step %d (epoch %.2f)", resumed_from, meta.get("epoch", 0))
-    state = mesh_lib.replicate(state, mesh)
+    # Fresh device buffers: the step donates its input state, and the caller's
+    # setup.params must survive (it is reused by later stages).
+    state = mesh_lib.replicate(jax.tree.map(np.array, jax.device_get(state)), mesh)
     step_fn = jax.jit(make_train_step(setup.model, tx, int(cfg.seed)), donate_argnums=(0,))
 
     start = int(state.step)
