@@ -73,7 +73,7 @@ def run_gradients(run_dir: str | Path, split: str, out_dir: str | Path, *, steps
     chosen = parse_steps(steps, infos)
     ex = split_examples(setup, split)
     k = g.k if k is None else k
-    k = None if k in (0, "none", "None") else int(k)
+    k = None if str(k).lower() in ("0", "none", "all") else int(k)
     store = extract_gradients(
         setup.model, [(s, infos[s]) for s in chosen], ckpts.restore_params, ex.encoded, out_dir,
         fingerprint=ex.texts.fingerprint(), split=split, model_info=model_info(setup),

@@ -1,0 +1,90 @@
+"""Gradient extraction into the store: kill-and-restart gives an identical store; CLI."""
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tracin_jax import cli
+from tracin_jax.pipeline import run_gradients, split_examples
+from tracin_jax.store import GradientStore, GradientStoreWriter
+from tracin_jax.train import train
+
+from test_train import tiny_config
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("run")
+    train(tiny_config(**{"train.epochs": 2}), path, progress=False)
+    return path
+
+
+def _digests(store_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(store_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(store_dir.rglob("shard_*.npz"))}
+
+
+def test_killed_extraction_restarts_to_identical_store(run_dir, tmp_path, monkeypatch):
+    full = run_gradients(run_dir, "train", tmp_path / "full", shard_size=64, progress=False)
+    assert full.num_examples == 256 and [c.step for c in full.checkpoints] == [16, 32]
+
+    real_write = GradientStoreWriter.write_shard
+    calls = {"n": 0}
+
+    def dying_write(self, step, shard, records):
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("killed")
+        calls["n"] += 1
+        return real_write(self, step, shard, records)
+
+    monkeypatch.setattr(GradientStoreWriter, "write_shard", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_gradients(run_dir, "train", tmp_path / "killed", shard_size=64, progress=False)
+    monkeypatch.setattr(GradientStoreWriter, "write_shard", real_write)
+    written = []
+    monkeypatch.setattr(GradientStoreWriter, "write_shard",
+                        lambda self, step, shard, rec: (written.append((step, shard)),
+                                                        real_write(self, step, shard, rec))[1])
+    run_gradients(run_dir, "train", tmp_path / "killed", shard_size=64, progress=False)
+    assert len(written) == 8 - 5  # complete shards were skipped
+    assert _digests(tmp_path / "full") == _digests(tmp_path / "killed")
+    assert len(_digests(tmp_path / "full")) == 8
+
+
+def test_store_records_match_the_run(run_dir, tmp_path):
+    store = run_gradients(run_dir, "test", tmp_path / "test", k=5, progress=False)
+    from tracin_jax.train import load_run
+    setup = load_run(run_dir)
+    ex = split_examples(setup, "test")
+    rec = store.load(store.checkpoints[-1].step)
+    np.testing.assert_array_equal(rec["example_id"], ex.encoded.ids)
+    np.testing.assert_array_equal(rec["label"], ex.encoded.labels)
+    assert rec["token_ids"].shape[1] == 5 and store.manifest["k"] == 5
+    # every kept token id occurs in its example
+    for row in range(len(rec["token_ids"])):
+        kept = rec["token_ids"][row][rec["token_ids"][row] >= 0]
+        assert set(kept.tolist()) <= set(ex.encoded.input_ids[row].tolist())
+    # per-class balance of the test points
+    counts = np.bincount(ex.encoded.labels, minlength=4)
+    assert (counts == setup.cfg.test_points.per_class).all()
+
+
+def test_reopening_store_with_other_k_is_refused(run_dir, tmp_path):
+    run_gradients(run_dir, "test", tmp_path / "s", k=5, progress=False)
+    with pytest.raises(ValueError, match="k"):
+        run_gradients(run_dir, "test", tmp_path / "s", k=3, progress=False)
+
+
+def test_cli_grads(run_dir, tmp_path, capsys):
+    rc = cli.main(["grads", "--run", str(run_dir), "--split", "test", "--checkpoints", "32",
+                   "--k", "0", "--out", str(tmp_path / "g"), "--no-progress"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["checkpoints"] == [{"step": 32, "learning_rate": pytest.approx(3e-3)}]
+    store = GradientStore(tmp_path / "g")
+    assert store.manifest["k"] is None
+    with pytest.raises(ValueError, match="not found"):
+        cli.main(["grads", "--run", str(run_dir), "--checkpoints", "7", "--out", str(tmp_path / "h"),
+                  "--no-progress"])
