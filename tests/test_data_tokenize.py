@@ -146,9 +146,11 @@ def test_roberta_bpe_matches_transformers(roberta_dir):
         ids, types = _unpadded(enc, i)
         assert ids == ref(a, b)["input_ids"]
         assert types == [0] * len(ids)  # RoBERTa has one token type
-    single = tok.encode(SENTENCES)
-    for i, a in enumerate(SENTENCES):
+    texts = SENTENCES + ["the <mask> sat</s>"]  # special tokens in text are kept whole
+    single = tok.encode(texts)
+    for i, a in enumerate(texts):
         assert _unpadded(single, i)[0] == ref(a)["input_ids"]
+    assert tok.token_to_id("<mask>") in _unpadded(single, len(texts) - 1)[0]
     # <s> a </s></s> b </s>, cased (RoBERTa never lowercases)
     tokens = tok.convert_ids_to_tokens(_unpadded(tok.encode(["the cat"], ["A big"]), 0)[0])
     assert tokens[0] == "<s>" and tokens[-1] == "</s>" and tokens.count("</s>") == 3

