@@ -1,6 +1,8 @@
 """``tracin-jax <command>``: the one entry point.
 
-Commands: ``train`` (fine-tune with checkpoints), ``demo`` (the end-to-end job on
+Commands: ``train`` (fine-tune with checkpoints), ``grads`` (gradient stores),
+``score`` (top proponents/opponents with word-level explanations, JSONL + HTML),
+``explain`` (one pair's token decomposition), ``demo`` (the end-to-end job on
 the embedded synthetic data). Config files are Python (``configs/NAME.py``) and every
 field is overridable as ``--config.train.lr=1e-3``.
 """
@@ -74,6 +76,112 @@ def cmd_demo(args, overrides) -> int:
     return 0
 
 
+def _method_options(items) -> dict:
+    """``["k=10", "damping=0.1"]`` -> ``{"k": 10, "damping": 0.1}`` (Python literals, else strings)."""
+    import ast
+    options = {}
+    for item in items or ():
+        if "=" not in item:
+            raise SystemExit(f"--opt {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        try:
+            options[key.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key.strip()] = text
+    return options
+
+
+def _read_candidates(path):
+    """JSON list of train ids (shared), or ``{test_id: [train ids]}``."""
+    if path is None:
+        return None, None
+    data = json.loads(Path(path).read_text())
+    if isinstance(data, dict):
+        return None, {int(k): [int(i) for i in v] for k, v in data.items()}
+    if isinstance(data, list):
+        return [int(i) for i in data], None
+    raise SystemExit(f"{path}: expected a JSON list of train ids or an object test_id -> ids")
+
+
+def _parse_part(text):
+    if text is None:
+        return None
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"--part {text!r} must look like I/N, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise SystemExit(f"--part {text!r}: need 0 <= I < N")
+    return index, count
+
+
+def cmd_score(args, overrides) -> int:
+    from tracin_jax import mesh as mesh_lib
+    from tracin_jax.methods import RunContext, get_method, merge, top_k
+    from tracin_jax.methods.retrieval import Retrieval
+    from tracin_jax.report.outputs import write_outputs
+    from tracin_jax.store import GradientStore
+
+    if overrides:
+        raise SystemExit("score takes no --config.* overrides; pass method options with --opt key=value")
+    mesh_lib.initialize_distributed()
+    test_store, train_store = GradientStore(args.test), GradientStore(args.train)
+    context = RunContext.from_run(args.run) if args.run else None
+    method = get_method(args.method, **_method_options(args.opt))
+    out = Path(args.out)
+    if args.merge:
+        result = merge([Retrieval.load(p) for p in args.merge])
+    else:
+        candidates, per_test = _read_candidates(args.candidates)
+        part = _parse_part(args.part)
+        result = top_k(method, test_store, train_store, args.top, context=context,
+                       mesh=mesh_lib.make_local_mesh(), candidates=candidates,
+                       per_test_candidates=per_test, part=part, progress=not args.no_progress)
+        if part is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            path = out / f"part-{part[0]}-of-{part[1]}.npz"
+            result.save(path)
+            print(json.dumps({"part": str(path), "method": result.method, "k": result.k}))
+            return 0
+    import jax
+    if jax.process_index() != 0:  # every process holds the merged result; one writes it
+        return 0
+    summary = write_outputs(out, result, method, test_store, train_store, context=context,
+                            top_tokens=args.top_tokens, html_top=args.html_top, html=not args.no_html)
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+def cmd_explain(args, overrides) -> int:
+    from tracin_jax.methods import RunContext
+    from tracin_jax.methods.explain import explain_pair
+    from tracin_jax.store import GradientStore
+
+    if overrides:
+        raise SystemExit("explain takes no --config.* overrides; pass method options with --opt key=value")
+    context = RunContext.from_run(args.run) if args.run else None
+    e = explain_pair(args.method, GradientStore(args.test), args.test_id, GradientStore(args.train),
+                     args.train_id, context=context, options=_method_options(args.opt))
+    if args.json:
+        print(json.dumps({"test_id": e.test_id, "train_id": e.train_id, **e.to_json(top=args.top)}))
+        return 0
+    kind = "proponent" if e.score > 0 else "opponent" if e.score < 0 else "neutral"
+    print(f"{args.method}: test {e.test_id} <- train {e.train_id}: score {e.score:+.6g} ({kind})")
+    if not e.tokens:
+        print("(no word-level decomposition for this method)")
+        return 0
+    shown = e.tokens if args.top is None else sorted(e.tokens, key=lambda t: -abs(t.contribution))[:args.top]
+    shown = sorted(shown, key=lambda t: -t.contribution)
+    scale = max(abs(t.contribution) for t in shown) or 1.0
+    width = max(len(t.token) for t in shown)
+    for t in shown:
+        bar = ("+" if t.contribution > 0 else "-") * max(1, round(30 * abs(t.contribution) / scale))
+        print(f"  {t.token:<{width}}  {t.contribution:+.4e}  {bar}")
+    total = sum(t.contribution for t in e.tokens)
+    print(f"  sum of {len(e.tokens)} token contributions: {total:+.6g}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracin-jax", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -102,6 +210,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="store directory (resumes if it exists)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_grads)
+    p = sub.add_parser("score", help="Top proponents/opponents of each test point, with the "
+                       "words that drive each score (JSONL + HTML report).")
+    p.add_argument("--method", required=True, help="e.g. tracin_we_topk, tracin_last, tracin_layer[layer_0]")
+    p.add_argument("--test", required=True, help="gradient store of the test points")
+    p.add_argument("--train", required=True, help="gradient store of the training examples")
+    p.add_argument("--run", default=None, help="training run directory (texts, tokens, parameters)")
+    p.add_argument("--top", type=int, default=100, help="proponents and opponents kept per test point")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--opt", action="append", default=[], help="method option key=value (repeatable)")
+    p.add_argument("--candidates", default=None,
+                   help="JSON: train ids, or {test_id: [train ids]} (e.g. the no-overlap experiment)")
+    p.add_argument("--part", default=None, help="I/N: score only training shards s %% N == I")
+    p.add_argument("--merge", nargs="+", default=None, help="merge part-*.npz files, then write outputs")
+    p.add_argument("--top-tokens", type=int, default=5, help="tokens listed per JSONL line")
+    p.add_argument("--html-top", type=int, default=10, help="neighbors per kind in the HTML report")
+    p.add_argument("--no-html", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_score)
+    p = sub.add_parser("explain", help="One pair's score decomposed over its shared tokens.")
+    p.add_argument("--method", default="tracin_we_topk")
+    p.add_argument("--test", required=True, help="gradient store of the test points")
+    p.add_argument("--train", required=True, help="gradient store of the training examples")
+    p.add_argument("--test-id", type=int, required=True)
+    p.add_argument("--train-id", type=int, required=True)
+    p.add_argument("--run", default=None, help="training run directory (decodes tokens)")
+    p.add_argument("--opt", action="append", default=[], help="method option key=value (repeatable)")
+    p.add_argument("--top", type=int, default=None, help="show the N tokens of largest |contribution|")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_explain)
     p = add("demo", "End-to-end job on the embedded synthetic data.", cmd_demo, default_config="demo")
     p.add_argument("--out", default="runs/demo")
     return parser

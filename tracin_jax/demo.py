@@ -1,7 +1,9 @@
 """``make demo``: the main job end to end on the embedded synthetic corpus.
 
 train (checkpoints with learning rates) → gradients of train and test points into
-gradient stores.
+gradient stores → top proponents/opponents of each test point with TracIn-WE-topk,
+explained word by word (JSONL + HTML report) → the planted-trigger ground-truth
+check: precision@10 of tracin_we_topk vs tracin_last proponents.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import logging
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -36,5 +39,100 @@ def run_demo(cfg: ml_collections.ConfigDict, out: Path, *, progress: bool = True
         print(f"[demo] gradient store {out / 'grads' / split}: {store.num_examples} examples x "
               f"{len(store.checkpoints)} checkpoints")
         summary[f"{split}_store"] = str(out / "grads" / split)
+    summary.update(score_and_report(setup, run_dir, out, progress=progress))
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# Neighbors kept per test point in the demo report; precision@K of the trigger check.
+DEMO_TOP = 10
+PRECISION_K = 10
+
+
+def we_method_name(k: int | None) -> tuple[str, dict]:
+    """tracin_we_topk for top-k stores, tracin_we for exact ones."""
+    return ("tracin_we", {}) if k is None else ("tracin_we_topk", {"k": int(k)})
+
+
+def run_gradients_for_rows(setup, run_dir: Path, split: str, rows, name: str, out_dir: Path, *,
+                           progress: bool = True):
+    """Gradient store of the examples at ``rows`` of ``split`` ('train' or 'eval').
+
+    The store's split is ``name``; register the same examples in a ``RunContext``
+    with ``context.add_split(name, texts, encoded)`` to decode or explain them.
+    Returns ``(store, texts, encoded)``.
+    """
+    from tracin_jax.grads import extract_gradients
+    from tracin_jax.pipeline import model_info
+    from tracin_jax.train import CheckpointStore
+
+    rows = np.asarray(rows, np.int64)
+    texts, encoded = setup.texts[split].subset(rows), getattr(setup, split).subset(rows)
+    checkpoints = CheckpointStore(Path(run_dir) / "checkpoints")
+    g = setup.cfg.grads
+    k = None if g.k in (None, 0) else int(g.k)
+    store = extract_gradients(
+        setup.model, [(c.step, c.learning_rate) for c in checkpoints.infos()],
+        checkpoints.restore_params, encoded, out_dir, fingerprint=texts.fingerprint(), split=name,
+        model_info=model_info(setup), vocab_size=int(setup.cfg.model.vocab_size), k=k,
+        topk_by=g.topk_by, dtype=g.dtype, shard_size=int(g.shard_size),
+        batch_size=int(g.batch_size), mode=g.mode, progress=progress)
+    checkpoints.close()
+    return store, texts, encoded
+
+
+def trigger_relevance(ground_truth: dict) -> dict[int, list[int]]:
+    """Planted ground truth: each trigger eval point -> the training examples of its trigger."""
+    return {int(e): [int(i) for i in t["train_ids"]] for t in ground_truth["triggers"]
+            for e in t["eval_ids"]}
+
+
+def trigger_precision(setup, run_dir: Path, train_store, out_dir: Path, *,
+                      methods=("tracin_we_topk", "tracin_last"), k: int = PRECISION_K,
+                      mesh=None, progress: bool = True) -> dict[str, float]:
+    """Mean precision@k of each method's proponents for the planted trigger test points."""
+    from tracin_jax.methods import precision_at_k, top_k
+
+    relevant = trigger_relevance(setup.extras["ground_truth"])
+    rows = np.flatnonzero(np.isin(setup.texts["eval"].ids, list(relevant)))
+    store, _, _ = run_gradients_for_rows(setup, run_dir, "eval", rows, "eval_triggers", out_dir,
+                                         progress=progress)
+    we_name, we_options = we_method_name(store.manifest.get("k"))
+    out = {}
+    for name in methods:
+        options = we_options if name == "tracin_we_topk" else {}
+        name = we_name if name == "tracin_we_topk" else name
+        result = top_k(name, store, train_store, k, options=options, mesh=mesh)
+        out[name] = float(np.mean(list(precision_at_k(result, relevant, k).values())))
+    return out
+
+
+def score_and_report(setup, run_dir: Path, out: Path, *, progress: bool = True) -> dict:
+    """Scores the test store against the train store and writes ``out/scores``."""
+    from tracin_jax import mesh as mesh_lib
+    from tracin_jax.methods import RunContext, top_k
+    from tracin_jax.report.outputs import write_outputs
+    from tracin_jax.store import GradientStore
+
+    context = RunContext.from_run(run_dir, setup=setup)
+    mesh = mesh_lib.make_local_mesh()
+    train_store = GradientStore(out / "grads" / "train")
+    test_store = GradientStore(out / "grads" / "test")
+    name, options = we_method_name(train_store.manifest.get("k"))
+    summary = {}
+    extra = {}
+    if "ground_truth" in setup.extras:
+        precision = trigger_precision(setup, run_dir, train_store, out / "grads" / "eval_triggers",
+                                      mesh=mesh, progress=progress)
+        print(f"[demo] planted triggers: precision@{PRECISION_K} of proponents "
+              + ", ".join(f"{m} {p:.3f}" for m, p in precision.items()))
+        summary["trigger_precision_at_10"] = precision
+        extra = {f"trigger precision@{PRECISION_K}": ", ".join(f"{m} {p:.3f}" for m, p in precision.items())}
+    result = top_k(name, test_store, train_store, DEMO_TOP, options=options, context=context, mesh=mesh)
+    report = write_outputs(out / "scores", result, name, test_store, train_store, context=context,
+                           options=options, html_top=DEMO_TOP, extra=extra)
+    print(f"[demo] {name}: top {DEMO_TOP} proponents/opponents of {len(result.test_ids)} test points "
+          f"-> {out / 'scores' / 'scores.jsonl'}, report {report['html']}")
+    summary["scores"] = str(out / "scores")
+    summary["report"] = report["html"]
     return summary

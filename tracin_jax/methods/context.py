@@ -18,6 +18,10 @@ import numpy as np
 from tracin_jax.methods.base import MethodError
 from tracin_jax.store import GradientStore
 
+# Checkpoints whose parameters stay in host memory (scoring loops shard-outer,
+# checkpoint-inner: the paper uses 3-5 checkpoints).
+MAX_CACHED_PARAMS = 5
+
 
 @dataclasses.dataclass(frozen=True)
 class SplitData:
@@ -53,7 +57,8 @@ class RunContext:
         self.tokenizer = tokenizer
         self.splits = dict(splits or {})
         self._split_loader = split_loader
-        self._params_cache: tuple[int, Any] | None = None
+        self._verified: set[tuple[str, str]] = set()
+        self._params_cache: dict[int, Any] = {}
 
     @classmethod
     def from_run(cls, run_dir: str | Path, setup=None) -> RunContext:
@@ -78,13 +83,17 @@ class RunContext:
         return tuple(int(i) for i in self.tokenizer.special_ids)
 
     def params(self, step: int):
-        """Parameters of checkpoint ``step`` (the last one restored is cached)."""
-        if self._params_cache is None or self._params_cache[0] != step:
-            self._params_cache = (step, self._restore(int(step)))
-        return self._params_cache[1]
+        """Parameters of checkpoint ``step`` (the last few restored are cached)."""
+        step = int(step)
+        if step not in self._params_cache:
+            if len(self._params_cache) >= MAX_CACHED_PARAMS:
+                self._params_cache.pop(next(iter(self._params_cache)))
+            self._params_cache[step] = self._restore(step)
+        return self._params_cache[step]
 
     def add_split(self, name: str, texts, encoded) -> None:
         self.splits[name] = SplitData(texts, encoded)
+        self._verified = {v for v in self._verified if v[0] != name}
 
     def split_for(self, store: GradientStore) -> SplitData:
         """The split a store was extracted from, verified by dataset fingerprint."""
@@ -100,11 +109,14 @@ class RunContext:
                               f"knows {sorted(self.splits)}")
         data = self.splits[name]
         expected = store.manifest.get("fingerprint")
+        if (name, expected) in self._verified:
+            return data
         if data.texts.fingerprint() != expected or len(data.texts) != store.num_examples:
             raise MethodError(
                 f"store {store.directory} (split {name!r}, {store.num_examples} examples, "
                 f"fingerprint {expected}) was not extracted from this run's {name!r} split "
                 f"({len(data.texts)} examples, fingerprint {data.texts.fingerprint()})")
+        self._verified.add((name, expected))
         return data
 
     def decode(self, token_ids) -> list[str]:

@@ -43,21 +43,36 @@ class SimulatedCrash(RuntimeError):
     """Raised by ``train(..., crash_after_step=N)`` to test kill-and-resume."""
 
 
-def make_schedule(train_cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Learning-rate schedule: constant, linear decay to 0, or cosine; optional linear warmup."""
+def schedule_value(train_cfg: ml_collections.ConfigDict, count, total_steps) -> jax.Array:
+    """Learning rate for update number ``count`` (0-based) of a run of ``total_steps`` updates.
+
+    constant: ``lr``; linear: ``lr · (1 − min(t, T)/T)``; cosine: ``lr · ½(1 + cos(π min(t, T)/T))``,
+    with ``t = count − warmup``, ``T = max(total_steps − warmup, 1)``, and ``lr · count/warmup``
+    during a linear warmup (the formulas of optax's linear/cosine/join schedules).
+    ``total_steps`` may be a traced value, so replicas of different lengths (case
+    deletion removes different numbers of examples) share one vmapped program.
+    """
     lr, warmup = float(train_cfg.lr), int(train_cfg.warmup_steps)
-    decay_steps = max(total_steps - warmup, 1)
-    if train_cfg.schedule == "constant":
-        main = optax.constant_schedule(lr)
-    elif train_cfg.schedule == "linear":
-        main = optax.linear_schedule(lr, 0.0, decay_steps)
-    elif train_cfg.schedule == "cosine":
-        main = optax.cosine_decay_schedule(lr, decay_steps)
-    else:
+    if train_cfg.schedule not in ("constant", "linear", "cosine"):
         raise ValueError(f"train.schedule={train_cfg.schedule!r}; expected constant, linear or cosine")
+    count = jnp.asarray(count, jnp.float32)
+    decay_steps = jnp.maximum(jnp.asarray(total_steps, jnp.float32) - warmup, 1.0)
+    t = count - warmup if warmup > 0 else count
+    if train_cfg.schedule == "constant":
+        main = jnp.full_like(count, lr)
+    elif train_cfg.schedule == "linear":
+        main = lr * (1.0 - jnp.clip(t, 0.0, decay_steps) / decay_steps)
+    else:
+        main = lr * (0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t, decay_steps) / decay_steps)))
     if warmup <= 0:
         return main
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+    return jnp.where(count < warmup, lr * jnp.clip(count, 0.0, warmup) / warmup, main)
+
+
+def make_schedule(train_cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Learning-rate schedule: constant, linear decay to 0, or cosine; optional linear warmup."""
+    schedule_value(train_cfg, 0, total_steps)  # validates train.schedule now, not at trace time
+    return lambda count: schedule_value(train_cfg, count, total_steps)
 
 
 def _frozen_labels(params, freeze_word_embeddings: bool):
@@ -92,25 +107,34 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Ar
     return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+def apply_train_step(model, tx: optax.GradientTransformation, state: TrainState,
+                     batch: dict[str, jax.Array], dropout_key: jax.Array):
+    """One update on ``batch``: ``(state, metrics)``. Pure; vmappable over replicas
+    (``deletion.replicas`` stacks states, batches, keys and per-replica optimizers)."""
+
+    def loss_fn(params):
+        out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                          batch["token_type_ids"], deterministic=False,
+                          rngs={"dropout": dropout_key})
+        return weighted_cross_entropy(out.logits, batch["labels"], batch["weights"]), out.logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    correct = (jnp.argmax(logits, -1) == batch["labels"]) * batch["weights"]
+    metrics = {"loss": loss, "accuracy": correct.sum() / jnp.maximum(batch["weights"].sum(), 1.0)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
 def make_train_step(model, tx: optax.GradientTransformation, dropout_seed: int) -> Callable:
-    """Returns the pure step ``(state, batch) -> (state, metrics)``; jit it at the call site."""
+    """Returns the pure step ``(state, batch) -> (state, metrics)``; jit it at the call site.
+
+    Dropout key of update ``t``: ``fold_in(key(dropout_seed), t)``.
+    """
     base_key = jax.random.key(dropout_seed)
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
-        dropout_key = jax.random.fold_in(base_key, state.step)
-
-        def loss_fn(params):
-            out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                              batch["token_type_ids"], deterministic=False,
-                              rngs={"dropout": dropout_key})
-            return weighted_cross_entropy(out.logits, batch["labels"], batch["weights"]), out.logits
-
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        correct = (jnp.argmax(logits, -1) == batch["labels"]) * batch["weights"]
-        metrics = {"loss": loss, "accuracy": correct.sum() / jnp.maximum(batch["weights"].sum(), 1.0)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return apply_train_step(model, tx, state, batch, jax.random.fold_in(base_key, state.step))
 
     return train_step
 
@@ -166,11 +190,14 @@ class TrainResult:
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup: RunSetup | None = None,
-          crash_after_step: int | None = None, progress: bool = True) -> TrainResult:
+          crash_after_step: int | None = None, progress: bool = True,
+          keep: np.ndarray | None = None) -> TrainResult:
     """Fine-tunes ``cfg.model`` on ``cfg.data``, checkpointing into ``workdir/checkpoints``.
 
     Resumes from the latest checkpoint in ``workdir`` if there is one.
     ``crash_after_step`` raises :class:`SimulatedCrash` after that update (tests).
+    ``keep`` (``[N]`` bool over the training set) trains without the False rows
+    (case deletion, exact: see ``iterate_batches``); epochs count kept examples.
     """
     workdir = Path(workdir)
     setup = setup or prepare_run(cfg, workdir)
@@ -179,7 +206,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup: RunSetu
     batch_size = int(train_cfg.batch_size)
     if batch_size % mesh.size:
         raise ValueError(f"train.batch_size={batch_size} must be divisible by the {mesh.size} devices")
-    steps_per_epoch = num_batches(len(setup.train), batch_size)
+    n_kept = len(setup.train) if keep is None else int(np.count_nonzero(keep))
+    steps_per_epoch = num_batches(n_kept, batch_size)
     total_steps = int(train_cfg.max_steps or int(train_cfg.epochs) * steps_per_epoch)
     schedule = make_schedule(train_cfg, total_steps)
     tx = make_optimizer(train_cfg, schedule, setup.params)
@@ -208,7 +236,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup: RunSetu
     while step < total_steps:
         epoch = step // steps_per_epoch
         skip = step - epoch * steps_per_epoch
-        for i, batch in enumerate(iterate_batches(setup.train, batch_size, seed=int(cfg.seed), epoch=epoch)):
+        batches = iterate_batches(setup.train, batch_size, seed=int(cfg.seed), epoch=epoch, keep=keep)
+        for i, batch in enumerate(batches):
             if i < skip:
                 continue
             state, m = step_fn(state, mesh_lib.shard_batch({k: batch[k] for k in _BATCH_KEYS}, mesh))
