@@ -2,9 +2,10 @@
 
 Commands: ``train`` (fine-tune with checkpoints), ``grads`` (gradient stores),
 ``score`` (top proponents/opponents with word-level explanations, JSONL + HTML),
-``explain`` (one pair's token decomposition), ``demo`` (the end-to-end job on
-the embedded synthetic data). Config files are Python (``configs/NAME.py``) and every
-field is overridable as ``--config.train.lr=1e-3``.
+``explain`` (one pair's token decomposition), ``analyze`` (cancellation ratio,
+mislabel clusters), ``demo`` (the end-to-end job on the embedded synthetic data).
+Config files are Python (``configs/NAME.py``) and every field is overridable as
+``--config.train.lr=1e-3``.
 """
 from __future__ import annotations
 
@@ -241,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
     p = add("demo", "End-to-end job on the embedded synthetic data.", cmd_demo, default_config="demo")
     p.add_argument("--out", default="runs/demo")
+    from tracin_jax.analysis.commands import register as register_analyze
+    register_analyze(sub)  # analyze cancellation | clusters
     return parser
 
 
@@ -252,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser_args = build_parser().parse_args(rest)
     _setup_logging(parser_args.verbose)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from tracin_jax.mesh import initialize_distributed
+    initialize_distributed()  # multi-host jobs (TPU pod, SLURM, coordinator env); no-op otherwise
     return int(args.func(args, overrides) or 0)
 
 

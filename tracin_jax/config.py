@@ -85,6 +85,39 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.grads.batch_size = 32
     cfg.grads.shard_size = 1024
     cfg.grads.mode = "vmap"  # 'vmap' (vmap of per-example grad) | 'sum' (grad of summed loss)
+
+    # Case-deletion sweeps (SPEC "Case-deletion evaluation"; tracin_jax/deletion).
+    cfg.sweep = ml_collections.ConfigDict()
+    cfg.sweep.methods = ("tracin_we_topk", "tracin_last")
+    cfg.sweep.k_grid = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # paper sec. 5, toxicity / AG News
+    cfg.sweep.signs = ("+", "-")  # '+': remove the top-k proponents, '-': the top-k opponents
+    cfg.sweep.seeds = tuple(range(10))  # paper sec. 5: 10 retrains per k
+    cfg.sweep.test_points_per_class = ml_collections.FieldReference(None, field_type=int)  # None: all ranked
+    cfg.sweep.test_points_seed = 0
+    cfg.sweep.epochs = ml_collections.FieldReference(None, field_type=int)  # None: train.epochs
+    cfg.sweep.replicas = 0  # retrainings per vmapped program; 0: as many as fit in memory
+    cfg.sweep.max_replicas = 64
+    cfg.sweep.memory_fraction = 0.5  # of each device's memory, when sizing replicas
+    cfg.sweep.steps_per_call = 256  # training steps per device call (lax.scan length)
+    cfg.sweep.num_devices = ml_collections.FieldReference(None, field_type=int)  # None: all local
+    cfg.sweep.heldout_size = 2000  # held-out accuracy per retrain; 0: every non-test eval example
+    cfg.sweep.bootstrap = 1000  # appendix F: bootstrap samples for standard deviations
+    cfg.sweep.max_attempts = 3  # a failing job is retried by later runs up to this many times
+    cfg.sweep.lds = ml_collections.ConfigDict()
+    cfg.sweep.lds.num_subsets = 0  # linear datamodeling score; 0: off
+    cfg.sweep.lds.alpha = 0.5  # share of the training set kept in each subset
+    cfg.sweep.lds.seed = 0
+    cfg.sweep.mislabel = ml_collections.ConfigDict()
+    cfg.sweep.mislabel.enabled = True  # when the run knows its flipped labels (synthetic data)
+    cfg.sweep.mislabel.inspect_fraction = 0.1
+    cfg.sweep.fix = ml_collections.ConfigDict()
+    cfg.sweep.fix.num_points = 0  # appendix L: misclassified test points (paper: 40); 0: off
+    cfg.sweep.fix.p_low = 0.3  # predicted-class probability range of the chosen mistakes
+    cfg.sweep.fix.p_high = 0.7
+    cfg.sweep.fix.k_grid = (10, 20, 50, 100, 200)
+    cfg.sweep.fix.methods = ("tracin_we_topk", "tracin_last")
+    cfg.sweep.fix.kinds = ("remove", "pad")  # (a) remove top-k opponents, (b) [PAD] their worst token
+    cfg.sweep.fix.seed = 0
     return cfg
 
 

@@ -25,7 +25,7 @@ def initialize_distributed() -> None:
     cluster such as SLURM / TPU pod / Kubernetes that JAX auto-detects). A no-op
     for a single process, and safe to call twice.
     """
-    if jax.distributed.is_initialized() if hasattr(jax.distributed, "is_initialized") else False:
+    if jax.distributed.is_initialized():
         return
     multi = any(
         os.environ.get(v)

@@ -13,10 +13,16 @@ All scores are accumulated in float32. Two interchangeable implementations:
 - ``pair_scores_sparse``: a host-side inverted-index join (one small GEMM per
   shared token), cheap when examples share few tokens.
 
+``pair_scores(..., backend="auto")`` picks the faster one for the device:
+the join on CPU, the dense GEMM on accelerators.
+
 Both also accept ids repeated within an example: every (t, s) slot pair with
 equal ids counts, which is the same bilinear form.
 """
 from __future__ import annotations
+
+import contextlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +33,9 @@ PAD_ID = -1
 DEFAULT_MAX_BLOCK_ELEMENTS = 2**26  # 256 MiB
 # Scores are sums of many products: do not let the GPU drop to TF32/bf16 passes.
 _PRECISION = jax.lax.Precision.HIGHEST
+# Sparse join: a token shared by this many (a row, b row) pairs or more gets its own
+# GEMM; rarer ones are cheaper as gathered row dot products (tools/bench_kernel.py).
+_GEMM_MIN_PAIRS = 16
 
 
 def _check_block(name, ids, vecs):
@@ -107,30 +116,54 @@ def pair_scores_dense(
     return jnp.moveaxis(scores, 0, 1).reshape(m, num_blocks * block)[:, :n]
 
 
-def _index_by_token(ids: np.ndarray, vecs: np.ndarray):
-    """Inverted index of one block: tokens, group bounds, rows and merged vectors.
+def _slot_index(ids: np.ndarray):
+    """Inverted index of one block over its slots (no vectors are copied).
 
-    Returns ``tokens [U]`` (sorted unique ids), ``bounds [U+1]``, ``rows [K]`` and
-    ``merged [K, D]`` float32 such that rows/merged[bounds[u]:bounds[u+1]] are the
-    examples containing ``tokens[u]`` with their (row, token)-summed vectors.
+    Returns ``tokens [U]`` (sorted unique ids), ``bounds [U+1]``, ``slots [K]`` (flat
+    slot indices ``row * width + t`` sorted by (token, row), so ``slots[bounds[u]:
+    bounds[u+1]]`` are the slots holding ``tokens[u]``) and ``repeats`` (some row
+    holds a token in more than one slot).
     """
-    num_rows, slots = ids.shape
-    flat_ids = ids.reshape(-1).astype(np.int64)
-    flat_rows = np.repeat(np.arange(num_rows, dtype=np.int64), slots)
-    valid = flat_ids != PAD_ID
-    flat_ids, flat_rows = flat_ids[valid], flat_rows[valid]
-    flat_vecs = vecs.reshape(num_rows * slots, -1)[valid]
-    order = np.lexsort((flat_rows, flat_ids))
-    flat_ids, flat_rows, flat_vecs = flat_ids[order], flat_rows[order], flat_vecs[order]
-    if flat_ids.size == 0:
-        empty = np.zeros(0, np.int64)
-        return empty, np.zeros(1, np.int64), empty, np.zeros((0, vecs.shape[-1]), np.float32)
-    new_pair = np.r_[True, (flat_ids[1:] != flat_ids[:-1]) | (flat_rows[1:] != flat_rows[:-1])]
-    pair_starts = np.flatnonzero(new_pair)
-    merged = np.add.reduceat(flat_vecs.astype(np.float32), pair_starts, axis=0)
-    pair_ids, rows = flat_ids[pair_starts], flat_rows[pair_starts]
-    token_starts = np.flatnonzero(np.r_[True, pair_ids[1:] != pair_ids[:-1]])
-    return pair_ids[token_starts], np.r_[token_starts, pair_ids.size], rows, merged
+    num_rows, width = ids.shape
+    flat = ids.reshape(-1).astype(np.int64)
+    slots = np.flatnonzero(flat != PAD_ID)
+    key = flat[slots] * max(num_rows, 1) + slots // width  # (token, row), one int64 sort
+    order = np.argsort(key, kind="stable")
+    slots, key = slots[order], key[order]
+    tokens = key // max(num_rows, 1)
+    starts = np.flatnonzero(np.r_[True, tokens[1:] != tokens[:-1]]) if tokens.size else slots
+    repeats = bool(np.any(key[1:] == key[:-1]))
+    return tokens[starts], np.r_[starts, tokens.size], slots, repeats
+
+
+def _gather_rows(flat_vecs: np.ndarray, slots: np.ndarray, width: int, merge_repeats: bool):
+    """Rows and float32 vectors of ``slots`` (sorted by row), repeated rows summed."""
+    rows, vecs = slots // width, flat_vecs[slots].astype(np.float32, copy=False)
+    if merge_repeats:
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        if starts.size < rows.size:
+            rows, vecs = rows[starts], np.add.reduceat(vecs, starts, axis=0)
+    return rows, vecs
+
+
+@functools.cache
+def _blas_controller():
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # optional: without it BLAS keeps its own thread count
+        return None
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """Many small GEMMs: one BLAS thread is faster, and robust on a busy machine."""
+    controller = _blas_controller()
+    if controller is None:
+        yield
+        return
+    with controller.limit(limits=1, user_api="blas"):
+        yield
 
 
 def pair_scores_sparse(a_ids, a_vecs, b_ids, b_vecs) -> np.ndarray:
@@ -138,31 +171,83 @@ def pair_scores_sparse(a_ids, a_vecs, b_ids, b_vecs) -> np.ndarray:
 
     Same contract and result as ``pair_scores_dense``: for every token w shared by
     the two blocks, ``scores[A_w, B_w] += V_a[w] · V_b[w]ᵀ`` where A_w, B_w are the
-    rows containing w. Cost ~ Σ_w |A_w|·|B_w|·D instead of M·T·N·S·D.
+    rows containing w. Cost ~ Σ_w |A_w|·|B_w|·D (the useful work) instead of
+    M·T·N·S·D. Tokens with at least ``_GEMM_MIN_PAIRS`` row pairs get one GEMM each
+    (e.g. [CLS]/[SEP] against every row); the rare rest are scored pair by pair in
+    one vectorised pass.
 
     Args: a_ids [M, T], a_vecs [M, T, D], b_ids [N, S], b_vecs [N, S, D]
-      (numpy or jax arrays; ids ≥ 0 or -1 for unused slots).
-    Returns: [M, N] float32 numpy array.
+      (numpy or jax arrays, any float dtype; ids ≥ 0 or -1 for unused slots).
+    Returns: [M, N] float32 numpy array (accumulated in float64).
     """
     _check_pair(a_ids, a_vecs, b_ids, b_vecs)
     a_ids, b_ids = np.asarray(a_ids), np.asarray(b_ids)
     for name, ids in (("a_ids", a_ids), ("b_ids", b_ids)):
         if ids.size and ids.min() < PAD_ID:
             raise ValueError(f"{name} holds negative ids other than {PAD_ID}: min {ids.min()}")
-    a_tokens, a_bounds, a_rows, a_merged = _index_by_token(a_ids, np.asarray(a_vecs))
-    b_tokens, b_bounds, b_rows, b_merged = _index_by_token(b_ids, np.asarray(b_vecs))
-    # float64 accumulator: each cell sums one float32 GEMM entry per shared token.
-    scores = np.zeros((a_ids.shape[0], b_ids.shape[0]), np.float64)
-    _, a_groups, b_groups = np.intersect1d(
-        a_tokens, b_tokens, assume_unique=True, return_indices=True)
-    for ua, ub in zip(a_groups, b_groups):
-        a_lo, a_hi = a_bounds[ua], a_bounds[ua + 1]
-        b_lo, b_hi = b_bounds[ub], b_bounds[ub + 1]
-        # Rows are unique within a group ((row, token) pairs were merged), so
-        # fancy-index += never drops a repeated cell.
-        scores[np.ix_(a_rows[a_lo:a_hi], b_rows[b_lo:b_hi])] += (
-            a_merged[a_lo:a_hi] @ b_merged[b_lo:b_hi].T)
+    (m, t), (n, s), d = a_ids.shape, b_ids.shape, np.shape(a_vecs)[-1]
+    a_flat = np.asarray(a_vecs).reshape(m * t, d)
+    b_flat = np.asarray(b_vecs).reshape(n * s, d)
+    scores = np.zeros((m, n), np.float64)
+    if m == 0 or n == 0:
+        return scores.astype(np.float32)
+    a_tokens, a_bounds, a_slots, a_repeats = _slot_index(a_ids)
+    b_tokens, b_bounds, b_slots, b_repeats = _slot_index(b_ids)
+    _, ua, ub = np.intersect1d(a_tokens, b_tokens, assume_unique=True, return_indices=True)
+    a_count, b_count = a_bounds[ua + 1] - a_bounds[ua], b_bounds[ub + 1] - b_bounds[ub]
+    gemm = a_count * b_count >= _GEMM_MIN_PAIRS
+    with _single_threaded_blas():
+        for u, v in zip(ua[gemm], ub[gemm]):
+            a_rows, a_block = _gather_rows(a_flat, a_slots[a_bounds[u]:a_bounds[u + 1]], t, a_repeats)
+            b_rows, b_block = _gather_rows(b_flat, b_slots[b_bounds[v]:b_bounds[v + 1]], s, b_repeats)
+            products = a_block @ b_block.T
+            # Rows are unique and sorted after merging: all rows = plain slices.
+            if a_rows.size == m and b_rows.size == n:
+                scores += products
+            elif a_rows.size == m:
+                scores[:, b_rows] += products
+            else:
+                scores[np.ix_(a_rows, b_rows)] += products
+    if not gemm.all():
+        # Every (a slot, b slot) pair of the remaining tokens, enumerated without a loop.
+        ua, ub, a_count, b_count = ua[~gemm], ub[~gemm], a_count[~gemm], b_count[~gemm]
+        pairs = a_count * b_count
+        token = np.repeat(np.arange(ua.size), pairs)
+        within = np.arange(pairs.sum()) - np.repeat(np.cumsum(pairs) - pairs, pairs)
+        a_pos = a_slots[a_bounds[ua][token] + within // b_count[token]]
+        b_pos = b_slots[b_bounds[ub][token] + within % b_count[token]]
+        dots = np.einsum("pd,pd->p", a_flat[a_pos].astype(np.float32, copy=False),
+                         b_flat[b_pos].astype(np.float32, copy=False))
+        # bincount adds repeated cells (a token repeated within a row) correctly.
+        cells = (a_pos // t) * n + b_pos // s
+        scores += np.bincount(cells, weights=dots, minlength=m * n).reshape(m, n)
     return scores.astype(np.float32)
+
+
+def default_backend() -> str:
+    """``"sparse"`` (host inverted-index join) on CPU, ``"dense"`` (masked GEMM) elsewhere.
+
+    Measured with tools/bench_kernel.py: on CPU the join does only the useful
+    work and is ~10x faster than the dense GEMM; on accelerators the dense GEMM
+    wins (see README "Performance").
+    """
+    return "sparse" if jax.default_backend() == "cpu" else "dense"
+
+
+def pair_scores(a_ids, a_vecs, b_ids, b_vecs, backend: str = "auto"):
+    """All-pairs TracIn-WE scores with the faster implementation for the device.
+
+    ``backend``: ``"auto"`` (``default_backend()``), ``"sparse"``
+    (``pair_scores_sparse``, returns numpy) or ``"dense"`` (``pair_scores_dense_jit``,
+    returns a jax array, left on the device). Both give the same [M, N] float32 scores.
+    """
+    if backend == "auto":
+        backend = default_backend()
+    if backend == "sparse":
+        return pair_scores_sparse(a_ids, a_vecs, b_ids, b_vecs)
+    if backend == "dense":
+        return pair_scores_dense_jit(a_ids, a_vecs, b_ids, b_vecs)
+    raise ValueError(f"backend must be 'auto', 'sparse' or 'dense', got {backend!r}")
 
 
 def pair_token_contributions(

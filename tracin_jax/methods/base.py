@@ -156,9 +156,9 @@ def sharded_block_scores(owner, kernel, test_inputs: Mapping[str, np.ndarray],
 
     Training arrays are zero-padded to a multiple of the (local) device count — padded
     rows are sliced off the result — and test arrays are replicated. ``mesh=None``
-    runs on one device. Returns ``[M, N]`` float32 numpy.
+    uses this process's devices (``make_local_mesh``). Returns ``[M, N]`` float32 numpy.
     """
-    mesh = mesh or mesh_lib.make_mesh(1)
+    mesh = mesh or mesh_lib.make_local_mesh()
     n = len(next(iter(train_inputs.values())))
     devices = len(mesh.local_devices)
     target = mesh_lib.pad_to_multiple(max(n, pad_rows or 0, 1), devices)

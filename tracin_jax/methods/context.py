@@ -47,12 +47,14 @@ class RunContext:
       tokenizer: has ``convert_ids_to_tokens`` and ``special_ids``.
       splits: split name -> ``SplitData``, in store order.
       split_loader: optional ``name -> SplitData`` for splits not given up front.
+      setup: the run's ``RunSetup`` when built by ``from_run`` (config, extras).
     """
 
     def __init__(self, model, restore_params: Callable[[int], Any], tokenizer,
                  splits: dict[str, SplitData] | None = None,
-                 split_loader: Callable[[str], SplitData] | None = None):
+                 split_loader: Callable[[str], SplitData] | None = None, setup=None):
         self.model = model
+        self.setup = setup
         self._restore = restore_params
         self.tokenizer = tokenizer
         self.splits = dict(splits or {})
@@ -73,10 +75,8 @@ class RunContext:
             ex = split_examples(setup, name)
             return SplitData(ex.texts, ex.encoded)
 
-        context = cls(setup.model, checkpoints.restore_params, setup.tokenizer,
-                      split_loader=load_split)
-        context.setup = setup
-        return context
+        return cls(setup.model, checkpoints.restore_params, setup.tokenizer,
+                   split_loader=load_split, setup=setup)
 
     @property
     def special_ids(self) -> tuple[int, ...]:

@@ -1,0 +1,187 @@
+"""``tracin-jax sweep plan``: gathers a sweep's inputs from a training run and writes its manifest.
+
+Inputs, each optional where it can be computed:
+- rankings per method: ``tracin-jax score`` outputs (``--rankings DIR``), else
+  computed here from the gradient stores (``--test-store``, ``--train-store``);
+- LDS score matrices and self-influence (mislabel detection): from the stores;
+- targeted-fixing points: mistakes of the run's final checkpoint with predicted-class
+  probability in ``[p_low, p_high]``; their gradients are extracted into
+  ``SWEEP/fix_grads`` and ranked with each neighbor's most negative token.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from tracin_jax.deletion import rankings as rankings_lib
+from tracin_jax.deletion.plan import (MANIFEST, atomic_save_npz, atomic_write_json, estimate_cost,
+                                      manifest_summary, plan_sweep, positions_of_ids)
+
+log = logging.getLogger(__name__)
+
+
+def select_fix_points(setup, probs: np.ndarray, num_points: int, p_low: float, p_high: float,
+                      seed: int, exclude_ids: Sequence[int] = ()) -> np.ndarray:
+    """Eval rows of misclassified examples whose predicted-class probability is in
+    ``[p_low, p_high]`` (appendix L), ``num_points`` of them drawn with ``seed``."""
+    labels = np.asarray(setup.eval.labels)
+    pred, p_pred = probs.argmax(-1), probs.max(-1)
+    candidates = np.flatnonzero((pred != labels) & (p_pred >= p_low) & (p_pred <= p_high)
+                                & ~np.isin(setup.eval.ids, list(exclude_ids)))
+    if len(candidates) < num_points:
+        log.warning("only %d misclassified eval examples with p in [%.2f, %.2f]; using them all",
+                    len(candidates), p_low, p_high)
+        return candidates
+    return np.sort(np.random.default_rng(seed).choice(candidates, num_points, replace=False))
+
+
+def final_params(run_dir: Path):
+    from tracin_jax.train import CheckpointStore
+
+    store = CheckpointStore(Path(run_dir) / "checkpoints")
+    step = store.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoints in {run_dir}/checkpoints: train first")
+    params = store.restore_params(step)
+    store.close()
+    return params
+
+
+def rows_store(setup, run_dir: Path, rows: np.ndarray, name: str, out_dir: Path, *, progress=False):
+    """Gradient store of eval rows ``rows`` (split name ``name``), like ``tracin-jax grads``."""
+    from tracin_jax.grads import extract_gradients
+    from tracin_jax.pipeline import model_info
+    from tracin_jax.train import CheckpointStore
+
+    texts, encoded = setup.texts["eval"].subset(rows), setup.eval.subset(rows)
+    checkpoints = CheckpointStore(Path(run_dir) / "checkpoints")
+    g = setup.cfg.grads
+    store = extract_gradients(
+        setup.model, [(c.step, c.learning_rate) for c in checkpoints.infos()], checkpoints.restore_params,
+        encoded, out_dir, fingerprint=texts.fingerprint(), split=name, model_info=model_info(setup),
+        vocab_size=int(setup.cfg.model.vocab_size), k=None if g.k in (None, 0) else int(g.k),
+        topk_by=g.topk_by, dtype=g.dtype, shard_size=int(g.shard_size), batch_size=int(g.batch_size),
+        mode=g.mode, progress=progress)
+    checkpoints.close()
+    return store, texts, encoded
+
+
+def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out_dir: str | Path, *,
+                  rankings: dict | None = None, rankings_paths: Sequence[str | Path] = (),
+                  train_store=None, test_store=None, setup=None, context=None, mesh=None,
+                  measure: bool = True, progress: bool = False,
+                  echo: Callable[[str], None] | None = print) -> dict:
+    """Plans a sweep of run ``run_dir`` into ``out_dir/manifest.json``; returns the manifest.
+
+    Args:
+      sweep_cfg: ``cfg.sweep``.
+      rankings: method -> ``Rankings`` already computed (e.g. by the demo).
+      rankings_paths: ``tracin-jax score`` output directories / files.
+      train_store, test_store: ``GradientStore``s (paths accepted) for what is computed here.
+      measure: time a few replica steps for the cost estimate.
+    """
+    from tracin_jax import mesh as mesh_lib
+    from tracin_jax.store import GradientStore
+    from tracin_jax.train import load_run
+
+    say = echo or (lambda s: None)
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    setup = setup or load_run(run_dir)
+    mesh = mesh or mesh_lib.make_local_mesh()
+    train_store = GradientStore(train_store) if isinstance(train_store, (str, Path)) else train_store
+    test_store = GradientStore(test_store) if isinstance(test_store, (str, Path)) else test_store
+    if context is None and (train_store is not None):
+        from tracin_jax.methods import RunContext
+        context = RunContext.from_run(run_dir, setup=setup)
+
+    ranked = dict(rankings or {})
+    for path in rankings_paths:
+        r = rankings_lib.load_rankings(path)
+        ranked[r.method] = r
+    depth = max(int(k) for k in sweep_cfg.k_grid)
+    for method in sweep_cfg.methods:
+        if method in ranked:
+            continue
+        if train_store is None or test_store is None:
+            raise ValueError(f"no rankings for {method!r}: pass its tracin-jax score output "
+                             "(--rankings) or the gradient stores (--train-store, --test-store)")
+        say(f"[sweep] ranking the test points with {method} (top {depth})")
+        ranked[method] = rankings_lib.compute_rankings(method, test_store, train_store, depth,
+                                                       context=context, mesh=mesh)
+
+    lds_files, self_files = {}, {}
+    if int(sweep_cfg.lds.num_subsets) > 0:
+        if train_store is None or test_store is None:
+            raise ValueError("sweep.lds needs the full score matrices: pass --train-store and --test-store")
+        for method in sweep_cfg.methods:
+            test_ids, train_ids, scores = rankings_lib.compute_score_matrix(
+                method, test_store, train_store, context=context, mesh=mesh)
+            cols = positions_of_ids(train_ids, setup.train.ids, "training")  # columns in training-row order
+            rel = f"lds/{method}.npz"
+            atomic_save_npz(out_dir / rel, test_ids=test_ids, train_ids=np.asarray(setup.train.ids),
+                            scores=scores[:, cols])
+            lds_files[method] = rel
+    flipped = (setup.extras.get("ground_truth") or {}).get("flipped_train_ids")
+    if sweep_cfg.mislabel.enabled and flipped and train_store is not None:
+        for method in sweep_cfg.methods:
+            ids, scores = rankings_lib.compute_self_influence(method, train_store, context=context, mesh=mesh)
+            rel = f"self_influence/{method}.npz"
+            atomic_save_npz(out_dir / rel, ids=ids, scores=scores)
+            self_files[method] = rel
+    elif sweep_cfg.mislabel.enabled and not flipped:
+        log.info("mislabel detection skipped: the run has no known flipped labels")
+
+    fix_rankings = None
+    if int(sweep_cfg.fix.num_points) > 0:
+        if train_store is None:
+            raise ValueError("targeted fixing ranks new test points: pass --train-store")
+        from tracin_jax.train import predict_proba
+        probs = predict_proba(setup.model, final_params(run_dir), setup.eval,
+                              int(setup.cfg.train.eval_batch_size), mesh_lib.make_local_mesh())
+        fix_cfg = sweep_cfg.fix
+        rows = select_fix_points(setup, probs, int(fix_cfg.num_points), float(fix_cfg.p_low),
+                                 float(fix_cfg.p_high), int(fix_cfg.seed))
+        if len(rows):
+            say(f"[sweep] targeted fixing: {len(rows)} misclassified points; extracting their gradients")
+            store, texts, encoded = rows_store(setup, run_dir, rows, "eval_fix", out_dir / "fix_grads",
+                                               progress=progress)
+            if context is not None:
+                context.add_split("eval_fix", texts, encoded)
+            fix_depth = max(int(k) for k in fix_cfg.k_grid)
+            fix_rankings = {m: rankings_lib.compute_rankings(m, store, train_store, fix_depth, context=context,
+                                                             mesh=mesh, with_tokens="pad" in fix_cfg.kinds)
+                            for m in fix_cfg.methods}
+
+    manifest = plan_sweep(setup, run_dir, ranked, sweep_cfg, fix_rankings=fix_rankings,
+                          lds_scores=lds_files, self_influence=self_files,
+                          flipped_ids=flipped if self_files else None)
+    counts = manifest_summary(manifest)
+    if measure:
+        from tracin_jax.deletion.replicas import choose_num_replicas
+        from tracin_jax.deletion.runner import make_trainer
+        trainer = make_trainer(setup, manifest)
+        r = choose_num_replicas(trainer, num_jobs=len(manifest["jobs"]), requested=int(sweep_cfg.replicas),
+                                max_replicas=int(sweep_cfg.max_replicas),
+                                memory_fraction=float(sweep_cfg.memory_fraction))
+        manifest["estimate"] = estimate_cost(manifest, setup, r, mesh=trainer.mesh)
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    say(f"[sweep] plan: {counts['jobs']} retraining jobs ({_kinds(counts['by_kind'])}) for "
+        f"{counts['test_points']} test points x {len(counts['methods'])} methods x "
+        f"{len(counts['k_grid'])} k x {len(manifest['signs'])} signs x {len(counts['seeds'])} seeds "
+        f"-> {out_dir / MANIFEST}")
+    if "estimate" in manifest:
+        e = manifest["estimate"]
+        say(f"[sweep] estimate: {e['step_time_s'] * 1e3:.1f} ms per step of {e['replicas']} replicas on "
+            f"{e['num_devices']} x {e['device']}: {e['retrain_s']:.2f} s per retraining, "
+            f"{e['total_hours']:.2f} h in all on this machine ({3600 / max(e['retrain_s'], 1e-9):.0f} "
+            "retrainings/hour)")
+    return manifest
+
+
+def _kinds(by_kind: dict) -> str:
+    return ", ".join(f"{v} {k}" for k, v in by_kind.items())
