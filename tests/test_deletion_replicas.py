@@ -52,33 +52,43 @@ def _keeps(n, rng):
     return [full, some, few, some]
 
 
-def test_vmapped_replica_equals_single_training_run(setup, tmp_path):
-    """Replica r of one vmapped program == train(cfg with seed s_r, keep=keep_r)."""
-    cfg = setup.cfg
-    n = len(setup.train)
-    keeps = _keeps(n, np.random.default_rng(0))
-    seeds = [0, 1, 2, 3]
-    specs = [ReplicaSpec(seed=s, keep=k) for s, k in zip(seeds, keeps)]
-    trainer = ReplicaTrainer(cfg, setup.model, setup.train, steps_per_call=5)
+SEEDS = [0, 1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def single_runs(setup, tmp_path_factory):
+    """The trainer's own runs (train(seed=s, keep=keep)) of replicas 1 and 2: params, probs."""
+    keeps = _keeps(len(setup.train), np.random.default_rng(0))
+    out = {}
+    for r in (1, 2):  # a shortened run (fewer batches per epoch) and an unshortened one
+        single_cfg = config_lib.from_json(config_lib.to_json(setup.cfg))
+        single_cfg.seed = SEEDS[r]
+        single_cfg.train.num_devices = 1
+        workdir = tmp_path_factory.mktemp(f"single{r}")
+        result = train(single_cfg, workdir, keep=keeps[r], progress=False)
+        store = CheckpointStore(workdir / "checkpoints")
+        params = store.restore_params(result.final_step)
+        store.close()
+        probs = predict_proba(setup.model, params, setup.eval, 16, mesh_lib.make_mesh(1))[:12]
+        out[r] = (result.final_step, params, probs)
+    return keeps, out
+
+
+@pytest.mark.parametrize("vmap_width", [4, 1])  # one vmapped step; replicas looped in the program
+def test_vmapped_replica_equals_single_training_run(setup, single_runs, vmap_width):
+    """Replica r of one program == train(cfg with seed s_r, keep=keep_r)."""
+    keeps, reference = single_runs
+    specs = [ReplicaSpec(seed=s, keep=k) for s, k in zip(SEEDS, keeps)]
+    trainer = ReplicaTrainer(setup.cfg, setup.model, setup.train, steps_per_call=5, vmap_width=vmap_width)
     run = trainer.train(specs)
     assert run.steps.tolist() == [2 * num_batches(int(k.sum()), 16) for k in keeps] == [26, 24, 26, 24]
-    test_rows = np.arange(12)
-    probs = trainer.predict(run, setup.eval, test_rows)
+    probs = trainer.predict(run, setup.eval, np.arange(12))
     assert probs.shape == (4, 12, 4)
-    mesh = mesh_lib.make_mesh(1)
-    for r in (1, 2):  # a shortened run (fewer batches per epoch) and an unshortened one
-        single_cfg = config_lib.from_json(config_lib.to_json(cfg))
-        single_cfg.seed = seeds[r]
-        single_cfg.train.num_devices = 1
-        result = train(single_cfg, tmp_path / f"single{r}", keep=keeps[r], progress=False)
-        assert result.final_step == run.steps[r]
-        store = CheckpointStore(tmp_path / f"single{r}" / "checkpoints")
-        ref = store.restore_params(result.final_step)
-        store.close()
+    for r, (final_step, ref_params, ref_probs) in reference.items():
+        assert final_step == run.steps[r]
         mine = jax.tree.map(lambda x: np.asarray(x)[r], run.params)
-        for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref)):
+        for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref_params)):
             np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
-        ref_probs = predict_proba(setup.model, ref, setup.eval, 16, mesh)[test_rows]
         np.testing.assert_allclose(probs[r], ref_probs, rtol=1e-4, atol=1e-5)
     # different seeds and removals give different models (the comparison above is not vacuous)
     assert not np.allclose(probs[0], probs[1], atol=1e-3)

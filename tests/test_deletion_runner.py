@@ -35,6 +35,7 @@ def tiny_config():
     cfg.sweep.k_grid = (2, 4)
     cfg.sweep.seeds = (0, 1)
     cfg.sweep.replicas = 4
+    cfg.sweep.num_devices = 1
     cfg.sweep.heldout_size = 16
     cfg.sweep.bootstrap = 20
     return cfg
@@ -101,8 +102,8 @@ def test_plan_lists_exact_removals_with_stable_ids(planned):
 def test_run_restarts_skip_finished_and_kill_loses_only_in_flight(planned, monkeypatch):
     root, setup, _, manifest = planned
     sweep_dir = write(root, "restart", manifest)
-    first = runner_lib.run_sweep(sweep_dir, setup=setup, max_jobs=6, echo=None)
-    assert first["done"] == 6 and first["replicas"] == 4
+    first = runner_lib.run_sweep(sweep_dir, setup=setup, max_jobs=8, echo=None)
+    assert first["done"] == 8 and first["replicas"] == 4
     finished = sorted(p.name for p in (sweep_dir / "results").glob("*.json"))
     stamps = {p: os.stat(sweep_dir / "results" / p).st_mtime_ns for p in finished}
 
@@ -119,12 +120,12 @@ def test_run_restarts_skip_finished_and_kill_loses_only_in_flight(planned, monke
     with pytest.raises(KeyboardInterrupt):
         runner_lib.run_sweep(sweep_dir, setup=setup, echo=None)
     after_kill = sorted(p.name for p in (sweep_dir / "results").glob("*.json"))
-    assert len(after_kill) == 6 + 4  # the group finished before the kill is kept
+    assert len(after_kill) == 8 + 4  # the group finished before the kill is kept
     assert not list((sweep_dir / "results").glob(".*.tmp"))
     monkeypatch.setattr(runner_lib.ReplicaTrainer, "train", real_train)
 
     rest = runner_lib.run_sweep(sweep_dir, setup=setup, echo=None)
-    assert rest["finished_before"] == 10 and rest["done"] == len(manifest["jobs"]) - 10
+    assert rest["finished_before"] == 12 and rest["done"] == len(manifest["jobs"]) - 12
     for p in finished:  # finished jobs were not rerun
         assert os.stat(sweep_dir / "results" / p).st_mtime_ns == stamps[p]
     again = runner_lib.run_sweep(sweep_dir, setup=setup, echo=None)

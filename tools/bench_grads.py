@@ -2,11 +2,12 @@
 
 On one randomly initialised BERT and one synthetic batch, in one process:
 
-- ``ratio_vs_forward``: time of our gradient path (``make_gradient_fn``: vmap(grad)
-  w.r.t. the word embeddings, top-k per-token vectors, side outputs) over the time of
-  the model's forward pass on the same batch. Also against a forward pass that is
-  micro-batched like the gradient path (``ratio_vs_forward_microbatched``), and for
-  ``mode="sum"`` and the un-micro-batched path.
+- ``ratio_vs_forward``: time of our gradient path (``make_gradient_fn``: gradients
+  w.r.t. the word embeddings in ``--mode`` (default ``cfg.grads.mode``), top-k
+  per-token vectors, side outputs) over the time of the model's forward pass on the
+  same batch. Also against a forward pass that is micro-batched like the gradient
+  path (``ratio_vs_forward_microbatched``), for the other mode (vmap(grad) or grad of
+  the summed loss) and for the un-micro-batched path.
 - ``speedup_vs_loop``: the authors' notebook style (one jitted call per example,
   results fetched each time) over ours, same examples.
 - ``mfu`` (accelerators only): analytic model FLOPs of the forward pass plus the
@@ -37,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bench  # noqa: E402
 
 from tracin_jax import mesh as mesh_lib  # noqa: E402
+from tracin_jax.config import base_config  # noqa: E402
 from tracin_jax.data.tokenize import EncodedDataset  # noqa: E402
-from tracin_jax.grads import extract_gradients, make_gradient_fn, make_single_device_gradient_fn  # noqa: E402
+from tracin_jax.grads import (  # noqa: E402
+    extract_gradients, make_gradient_fn, make_single_device_gradient_fn)
 from tracin_jax.grads.embedding_grads import default_micro_batch  # noqa: E402
 from tracin_jax.models import BertClassifier, BertConfig, init_params  # noqa: E402
 
@@ -116,13 +119,14 @@ def bench_step(args) -> dict:
             {"params": p}, c["input_ids"], c["attention_mask"], c["token_type_ids"]).logits, split)
         return logits.reshape(-1, logits.shape[-1])
 
+    other = "sum" if args.mode == "vmap" else "vmap"
     grads = {
-        "grads": make_gradient_fn(model, mesh, k=args.k, mode="vmap"),
-        "grads_sum": make_gradient_fn(model, mesh, k=args.k, mode="sum"),
-        "grads_no_microbatch": make_gradient_fn(model, mesh, k=args.k, mode="vmap",
+        "grads": make_gradient_fn(model, mesh, k=args.k, mode=args.mode),
+        f"grads_{other}": make_gradient_fn(model, mesh, k=args.k, mode=other),
+        "grads_no_microbatch": make_gradient_fn(model, mesh, k=args.k, mode=args.mode,
                                                 micro_batch=per_device),
     }
-    single = make_single_device_gradient_fn(model, k=args.k, mode="vmap")
+    single = make_single_device_gradient_fn(model, k=args.k, mode=args.mode)
     rows = [{f: v[i:i + 1] for f, v in host_batch.items()} for i in range(args.batch)]
 
     def loop():  # the notebook: one jitted call per example, result fetched each time
@@ -140,13 +144,13 @@ def bench_step(args) -> dict:
     t = {name: bench.median(v) for name, v in times.items()}
     result = {
         "model": args.model_size, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
-        "k": args.k, "micro_batch": micro, "reps": args.reps,
+        "k": args.k, "mode": args.mode, "micro_batch": micro, "reps": args.reps,
         "forward_s": t["forward"], "grads_s": t["grads"],
         "ratio_vs_forward": bench.paired_ratio(times["grads"], times["forward"]),
-        "ratio_vs_forward_microbatched": (
-            bench.paired_ratio(times["grads"], times["forward_microbatched"])
-            if "forward_microbatched" in times else bench.paired_ratio(times["grads"], times["forward"])),
-        "ratio_sum_mode": bench.paired_ratio(times["grads_sum"], times["forward"]),
+        "ratio_vs_forward_microbatched": bench.paired_ratio(
+            times["grads"], times.get("forward_microbatched", times["forward"])),
+        f"ratio_{args.mode}_mode": bench.paired_ratio(times["grads"], times["forward"]),
+        f"ratio_{other}_mode": bench.paired_ratio(times[f"grads_{other}"], times["forward"]),
         "ratio_no_microbatch": bench.paired_ratio(times["grads_no_microbatch"], times["forward"]),
         "speedup_vs_loop": (bench.paired_ratio(times["loop"], times["grads"])
                             if "loop" in times else None),
@@ -178,7 +182,7 @@ def bench_store(args) -> dict:
                 model, [(0, 1e-3)], lambda step: params, encoded, out_dir / "store",
                 fingerprint="bench", split="train", model_info={"bench": args.store_model_size},
                 vocab_size=VOCAB_SIZE, k=args.k, dtype="float32", shard_size=args.shard_size,
-                batch_size=args.store_batch, mode="vmap", progress=False)
+                batch_size=args.store_batch, mode=args.mode, progress=False)
             seconds = time.perf_counter() - start
         store_bytes = sum(f.stat().st_size for f in (out_dir / "store").rglob("*") if f.is_file())
         assert store.num_examples == n
@@ -198,6 +202,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--k", type=int, default=10, help="top-k positions (SPEC eq. 5)")
+    parser.add_argument("--mode", choices=("vmap", "sum"), default=base_config().grads.mode,
+                        help="gradient formulation of the headline numbers (default: cfg.grads.mode)")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device-peak-tflops", type=float, default=None,

@@ -3,7 +3,8 @@
 Commands: ``train`` (fine-tune with checkpoints), ``grads`` (gradient stores),
 ``score`` (top proponents/opponents with word-level explanations, JSONL + HTML),
 ``explain`` (one pair's token decomposition), ``analyze`` (cancellation ratio,
-mislabel clusters), ``demo`` (the end-to-end job on the embedded synthetic data).
+mislabel clusters), ``sweep`` (case-deletion plan / run / report), ``demo`` (the
+end-to-end job on the embedded synthetic data).
 Config files are Python (``configs/NAME.py``) and every field is overridable as
 ``--config.train.lr=1e-3``.
 """
@@ -244,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     from tracin_jax.analysis.commands import register as register_analyze
     register_analyze(sub)  # analyze cancellation | clusters
+    from tracin_jax.deletion.commands import register as register_sweep
+    register_sweep(sub)  # sweep plan | run | report
     return parser
 
 

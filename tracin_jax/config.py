@@ -99,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.sweep.max_replicas = 64
     cfg.sweep.memory_fraction = 0.5  # of each device's memory, when sizing replicas
     cfg.sweep.steps_per_call = 256  # training steps per device call (lax.scan length)
+    cfg.sweep.vmap_width = 0  # replicas vmapped together per device; 0: all on GPU/TPU, 1 on CPU
     cfg.sweep.num_devices = ml_collections.FieldReference(None, field_type=int)  # None: all local
     cfg.sweep.heldout_size = 2000  # held-out accuracy per retrain; 0: every non-test eval example
     cfg.sweep.bootstrap = 1000  # appendix F: bootstrap samples for standard deviations

@@ -30,6 +30,9 @@ def cancellation_bars(report, path: str | Path) -> Path:
     ax1.set_xticks(range(len(views)), names, rotation=60, ha="right", fontsize=8)
     ax1.set_ylabel("cancellation ratio C(W)  (log)")
     ax1.set_title("C(W) = Σ G(W)_c / Σ ΔW_c")
+    from matplotlib.patches import Patch
+    ax1.legend(handles=[Patch(color="tab:blue", label="weights"), Patch(color="tab:orange", label="biases")],
+               fontsize=8)
     weights = [v for v in views if v.kind == "weight"]
     ax2.bar(range(len(weights)), [v.cosine[-1] for v in weights], color="tab:blue")
     ax2.set_xticks(range(len(weights)), [v.name for v in weights], rotation=60, ha="right", fontsize=8)

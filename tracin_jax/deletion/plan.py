@@ -262,12 +262,14 @@ def plan_sweep(setup, run_dir: str | Path, rankings: Mapping[str, Rankings],
         kinds = list(fix_cfg.kinds)
         first = next(iter(fix_rankings.values()))
         fix_points = [{"id": int(t), "label": int(first.test_labels[first.row(t)])} for t in first.test_ids]
+        for m, r in fix_rankings.items():
+            if "pad" in kinds and r.negative_tokens is None:
+                log.warning("fix (b) skipped for %s: it has no word-level decomposition", m)
         for p in fix_points:
             for m, r in fix_rankings.items():
                 opponents = r.top(p["id"], "opponents", fix_k[-1])
                 for kind in kinds:
                     if kind == "pad" and r.negative_tokens is None:
-                        log.warning("fix (b) skipped for %s: no word-level decomposition", m)
                         continue
                     for k in fix_k:
                         tag = {"kind": FIX_KINDS[kind], "test": p["id"], "method": m, "k": k}
@@ -330,37 +332,68 @@ def manifest_summary(manifest: dict) -> dict:
             "methods": manifest["methods"], "k_grid": manifest["k_grid"], "seeds": manifest["seeds"]}
 
 
-def estimate_cost(manifest: dict, setup, replicas: int, *, mesh=None, measure_steps: int = 4) -> dict:
-    """Wall time of the whole sweep from a measured replica step time.
+def measure_step_time(setup, replicas: int, *, mesh=None, vmap_width: int = 0, steps: int = 2,
+                      repeats: int = 2) -> float:
+    """Seconds per training step of an R-replica program on this machine.
 
-    The step time of an R-replica program is the slope between runs of ``m`` and
-    ``3m`` steps (``m = measure_steps / 2``; one compiled program, so compilation
-    and per-run setup cancel). A retraining takes ``epochs · ceil(N / B)`` steps and
-    jobs run R at a time on this machine (divide by the number of shards).
+    The slope between runs of ``steps`` and ``3 · steps`` steps (one compiled program,
+    so compilation and per-run setup cancel), best of ``repeats``.
     """
     import jax
     from tracin_jax.deletion.replicas import ReplicaSpec, ReplicaTrainer
 
-    n = manifest["num_train"]
-    m = max(1, int(measure_steps) // 2)
     cfg = ml_collections.ConfigDict(setup.cfg.to_dict())
-    trainer = ReplicaTrainer(cfg, setup.model, setup.train, mesh=mesh, steps_per_call=m)
-    specs = [ReplicaSpec(seed=i, keep=np.ones(n, bool)) for i in range(replicas)]
-    times = {}
-    t_compile = time.perf_counter()
-    for steps in (m, m, 3 * m):  # the first run compiles
+    trainer = ReplicaTrainer(cfg, setup.model, setup.train, mesh=mesh, steps_per_call=steps,
+                             vmap_width=vmap_width)
+    specs = [ReplicaSpec(seed=i, keep=np.ones(len(setup.train), bool)) for i in range(replicas)]
+
+    def timed(n_steps: int) -> float:
         with trainer.train_cfg.ignore_type():
-            trainer.train_cfg.max_steps = steps
+            trainer.train_cfg.max_steps = n_steps
         t0 = time.perf_counter()
         jax.block_until_ready(trainer.train(specs).params)
-        times.setdefault(steps, []).append(time.perf_counter() - t0)
-    compile_s = times[m][0] - times[m][1]
-    step_s = max((times[3 * m][0] - times[m][1]) / (2 * m), 1e-9)
-    steps_per_retrain = int(manifest["epochs"]) * math.ceil(n / trainer.batch_size)
+        return time.perf_counter() - t0
+
+    timed(steps)  # compiles
+    best = min(timed(3 * steps) - timed(steps) for _ in range(repeats))
+    return max(best / (2 * steps), 1e-9)
+
+
+def choose_vmap_width(setup, replicas: int, *, mesh=None, steps: int = 2) -> tuple[int, dict]:
+    """Replicas vmapped together per device, by measurement on CPU (1 vs all: a vmap wins
+    for small models, plain steps for larger ones); all of them on accelerators."""
+    import jax
+    from tracin_jax import mesh as mesh_lib
+
+    mesh = mesh or mesh_lib.make_local_mesh()
+    local = max(1, replicas // len(mesh.local_devices))
+    if mesh.devices.flat[0].platform != "cpu" or local == 1:
+        return local, {}
+    times = {w: measure_step_time(setup, replicas, mesh=mesh, vmap_width=w, steps=steps) for w in (1, local)}
+    return min(times, key=times.get), {str(w): t for w, t in times.items()}
+
+
+def estimate_cost(manifest: dict, setup, replicas: int, *, mesh=None, vmap_width: int = 0) -> dict:
+    """Wall time of the whole sweep from measured replica step times (and the vmap width
+    they select, when ``vmap_width`` is 0). A retraining is ``epochs · ceil(N / B)``
+    steps; jobs run R at a time on this machine (divide by the number of shards)."""
+    import jax
+
+    t0 = time.perf_counter()
+    if vmap_width:
+        width, by_width = int(vmap_width), {}
+        step_s = measure_step_time(setup, replicas, mesh=mesh, vmap_width=width)
+    else:
+        width, by_width = choose_vmap_width(setup, replicas, mesh=mesh)
+        step_s = by_width[str(width)] if by_width else measure_step_time(setup, replicas, mesh=mesh,
+                                                                         vmap_width=width)
+    n = manifest["num_train"]
+    steps_per_retrain = int(manifest["epochs"]) * math.ceil(n / int(setup.cfg.train.batch_size))
     groups = math.ceil(len(manifest["jobs"]) / replicas)
     total_s = groups * steps_per_retrain * step_s
-    return {"replicas": int(replicas), "step_time_s": step_s, "compile_s": compile_s,
-            "steps_per_retrain": steps_per_retrain, "groups": groups,
-            "retrain_s": steps_per_retrain * step_s / replicas, "total_s": total_s,
-            "total_hours": total_s / 3600.0, "device": str(jax.local_devices()[0].device_kind),
-            "num_devices": trainer.num_devices, "measured_in_s": time.perf_counter() - t_compile}
+    devices = mesh.local_devices if mesh is not None else jax.local_devices()
+    return {"replicas": int(replicas), "vmap_width": int(width), "step_time_s": step_s,
+            "step_time_s_by_vmap_width": by_width, "steps_per_retrain": steps_per_retrain,
+            "groups": groups, "retrain_s": steps_per_retrain * step_s / replicas, "total_s": total_s,
+            "total_hours": total_s / 3600.0, "device": str(devices[0].device_kind),
+            "num_devices": len(devices), "measured_in_s": time.perf_counter() - t0}

@@ -11,15 +11,19 @@ number of updates ``epochs · ceil(n_kept / B)``. R such runs share one program:
 Replicas keep more or fewer examples, so their epochs have different lengths.
 The program runs ``max_r ceil(n_kept_r / B)`` slots per epoch; a replica whose
 epoch is over is *inactive* in the remaining slots: its state is carried
-through unchanged (``where(active, new, old)``), so it sees each kept example
+through unchanged (``cond``; a select under vmap), so it sees each kept example
 once per epoch, never a removed one, and its step counter, optimizer count,
 schedule and dropout stream are those of the single run.
 
 Batches are gathered on the device from the training set (held once per device)
 by per-replica index arrays ``[steps, R, B]`` (``-1`` = a padding row, as in
 ``iterate_batches``), so the host only ships indices. Replicas are split over the
-local devices (leading axis on the mesh's ``data`` axis); replicas never
+local devices (``shard_map`` over the mesh's ``data`` axis); replicas never
 communicate, so this scales to any number of local devices without collectives.
+On each device, ``vmap_width`` replicas are vmapped together: all of them on a
+GPU/TPU; one at a time on CPU, where XLA's batched GEMMs of a vmapped BERT step are
+slower than R plain ones (the program still saves R-1 dispatch loops and the host
+batching of the ordinary trainer; see tools/bench_retrain.py).
 """
 from __future__ import annotations
 
@@ -170,12 +174,14 @@ class ReplicaTrainer:
       model: the Flax module.
       train_enc: the training ``EncodedDataset`` (row order = ``keep`` order).
       mesh: local ``data`` mesh the replicas are split over (default: one device).
+      steps_per_call: training steps per device call (``lax.scan`` length).
+      vmap_width: replicas vmapped together per device; 0 = all on accelerators, 1 on CPU.
       init_fn: ``seed -> params`` (default :func:`initial_params`).
     """
 
     def __init__(self, cfg: ml_collections.ConfigDict, model, train_enc, *, mesh: Mesh | None = None,
                  epochs: int | None = None, steps_per_call: int = DEFAULT_STEPS_PER_CALL,
-                 init_fn: Callable[[int], Any] | None = None):
+                 vmap_width: int = 0, init_fn: Callable[[int], Any] | None = None):
         self.cfg = cfg
         self.train_cfg = ml_collections.ConfigDict(cfg.train.to_dict())
         if epochs is not None:
@@ -190,11 +196,10 @@ class ReplicaTrainer:
         if steps_per_call < 1:
             raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
         self.steps_per_call = int(steps_per_call)
+        self.vmap_width = int(vmap_width or 0)
         self._init_fn = init_fn or (lambda seed: initial_params(cfg, model, seed))
         self._init_cache: dict[int, Any] = {}
         self._data = None
-        self._chunk_fns: dict[bool, Callable] = {}
-        self._eval_fn = None
         self._template = None
 
     # -- placement
@@ -236,36 +241,29 @@ class ReplicaTrainer:
         return jax.tree.map(lambda *xs: np.stack(xs), *states)
 
     # -- the device program
-    def _chunk_fn(self, with_edits: bool) -> Callable:
-        if with_edits in self._chunk_fns:
-            return self._chunk_fns[with_edits]
-        model, train_cfg, pad_id = self.model, self.train_cfg, self.pad_id
-        template = self._template_params()
+    def _chunk_fn(self, with_edits: bool, num_replicas: int) -> Callable:
+        """The jitted program ``(states, data, idx, active, seeds, totals, edits) -> (states, loss)``.
 
-        def replica_step(state, idx, active, seed, total, edits, data):
-            batch = gather_batch(data, idx, pad_id, edits)
-            tx = make_optimizer(train_cfg, lambda c: schedule_value(train_cfg, c, total), template)
-            key = jax.random.fold_in(jax.random.key(seed), state.step)
-            new, metrics = apply_train_step(model, tx, state, batch, key)
-            new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
-            return new, metrics["loss"]
+        Cached per (model, training settings, pad id, mesh, width): trainers of the same
+        configuration (reruns in one process, tests) share one compilation.
+        """
+        import json
+        local = num_replicas // self.num_devices
+        width = self.vmap_width_for(local)
+        traced = {k: v for k, v in self.train_cfg.to_dict().items() if k not in _HOST_SIDE_TRAIN_FIELDS}
+        key = (self.model, json.dumps(traced, sort_keys=True, default=list),
+               self.pad_id, self.mesh, bool(with_edits), width, local)
+        if key not in _PROGRAMS:
+            _PROGRAMS[key] = _build_chunk_fn(self.model, self.train_cfg, self.pad_id, self.mesh,
+                                             with_edits, _shapes(self._template_params()), width, local)
+        return _PROGRAMS[key]
 
-        def chunk(states, data, idx, active, seeds, totals, edits):
-            def body(carry, xs):
-                step_idx, step_active = xs
-                return jax.vmap(replica_step, in_axes=(0, 0, 0, 0, 0, 0 if with_edits else None, None))(
-                    carry, step_idx, step_active, seeds, totals, edits, data)
-            return jax.lax.scan(body, states, (idx, active))
-
-        rep = NamedSharding(self.mesh, P(mesh_lib.DATA_AXIS))
-        time_rep = NamedSharding(self.mesh, P(None, mesh_lib.DATA_AXIS))
-        replicated = NamedSharding(self.mesh, P())
-        fn = jax.jit(chunk, donate_argnums=(0,),
-                     in_shardings=(rep, replicated, time_rep, time_rep, rep, rep,
-                                   rep if with_edits else None),
-                     out_shardings=(rep, time_rep))
-        self._chunk_fns[with_edits] = fn
-        return fn
+    def vmap_width_for(self, local_replicas: int) -> int:
+        """Replicas vmapped together on a device: ``vmap_width`` if set, else all of them on
+        accelerators and 1 on CPU (measured: tools/bench_retrain.py)."""
+        if self.vmap_width:
+            return max(1, min(int(self.vmap_width), local_replicas))
+        return 1 if self.mesh.devices.flat[0].platform == "cpu" else local_replicas
 
     def _pad_specs(self, specs: Sequence[ReplicaSpec]) -> list[ReplicaSpec]:
         """Pads to a multiple of the device count with replicas that never update."""
@@ -289,7 +287,7 @@ class ReplicaTrainer:
         epochs = int(max(math.ceil(t / s) for t, s in zip(total, spe) if s > 0)) if slots else 0
         chunk_len = max(1, min(self.steps_per_call, slots))
         with_edits = any(s.edit_tokens is not None for s in padded)
-        fn = self._chunk_fn(with_edits)
+        fn = self._chunk_fn(with_edits, r_total)
 
         states = self._put_replicas(self.init_states(padded))
         seeds = self._put_replicas(np.asarray([s.seed for s in padded], np.int32))
@@ -335,12 +333,12 @@ class ReplicaTrainer:
     def predict(self, run: ReplicaRun, enc, rows: np.ndarray | None = None,
                 batch_size: int | None = None) -> np.ndarray:
         """Softmax probabilities ``[R, M, C]`` float32 of every replica on ``enc``'s ``rows``."""
-        if self._eval_fn is None:
-            eval_step = make_eval_step(self.model)
+        key = ("eval", self.model, self.mesh)
+        if key not in _PROGRAMS:
             rep = NamedSharding(self.mesh, P(mesh_lib.DATA_AXIS))
-            self._eval_fn = jax.jit(jax.vmap(eval_step, in_axes=(0, None)),
-                                    in_shardings=(rep, NamedSharding(self.mesh, P())),
-                                    out_shardings=rep)
+            _PROGRAMS[key] = jax.jit(jax.vmap(make_eval_step(self.model), in_axes=(0, None)),
+                                     in_shardings=(rep, NamedSharding(self.mesh, P())), out_shardings=rep)
+        eval_fn = _PROGRAMS[key]
         rows = np.arange(len(enc.labels)) if rows is None else np.asarray(rows, np.int64)
         bs = int(batch_size or self.cfg.train.eval_batch_size)
         out = []
@@ -354,7 +352,7 @@ class ReplicaTrainer:
                 batch[key] = np.concatenate([x, np.full((pad, x.shape[1]), fill, np.int32)])
             batch["labels"] = np.zeros(bs, np.int32)
             batch["weights"] = np.zeros(bs, np.float32)
-            probs = np.asarray(self._eval_fn(run.params, mesh_lib.replicate(batch, self.mesh)))
+            probs = np.asarray(eval_fn(run.params, mesh_lib.replicate(batch, self.mesh)))
             out.append(probs[:, :len(part)])
         probs = np.concatenate(out, axis=1) if out else np.zeros((0, 0, 0), np.float32)
         return probs[:run.num_replicas]
@@ -369,7 +367,7 @@ class ReplicaTrainer:
         state_bytes = sum(x.nbytes for x in jax.tree.leaves(state)) // len(specs)
         temp = 0
         try:
-            fn = self._chunk_fn(False)
+            fn = self._chunk_fn(False, len(specs))
             args = (jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state),
                     jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.device_data()),
                     jax.ShapeDtypeStruct((1, len(specs), self.batch_size), jnp.int32),
@@ -382,6 +380,59 @@ class ReplicaTrainer:
             log.warning("memory analysis unavailable (%s); sizing replicas from state size", e)
             temp = 4 * state_bytes
         return int(2 * state_bytes + temp)
+
+
+_PROGRAMS: dict[tuple, Callable] = {}
+# Training settings the device program does not read (run lengths are its arguments).
+_HOST_SIDE_TRAIN_FIELDS = ("epochs", "max_steps", "log_every_steps", "eval_batch_size", "num_devices",
+                           "checkpoint_every_epochs", "checkpoint_every_steps", "checkpoint_steps")
+
+
+def _shapes(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree)
+
+
+def _build_chunk_fn(model, train_cfg, pad_id: int, mesh: Mesh, with_edits: bool, template,
+                    vmap_width: int, local_replicas: int) -> Callable:
+    """``lax.scan`` over steps; per step, every replica's ``trainer.apply_train_step``.
+
+    Each device runs its own ``local_replicas`` (``shard_map``, no collectives), in
+    groups of ``vmap_width`` vmapped together (``lax.map(..., batch_size=width)``):
+    width = local replicas is one vmapped step (accelerators), width 1 runs the
+    replicas one after another inside the program (CPU, where batched GEMMs of a
+    vmap are slower than the plain ones), skipping inactive replicas with ``cond``.
+    """
+
+    def replica_step(state, idx, active, seed, total, edits, data):
+        def update(state):
+            batch = gather_batch(data, idx, pad_id, edits)
+            tx = make_optimizer(train_cfg, lambda c: schedule_value(train_cfg, c, total), template)
+            key = jax.random.fold_in(jax.random.key(seed), state.step)
+            new, metrics = apply_train_step(model, tx, state, batch, key)
+            return new, metrics["loss"].astype(jnp.float32)
+
+        # under vmap, cond becomes a select: inactive replicas carry their state unchanged
+        return jax.lax.cond(active, update, lambda s: (s, jnp.zeros((), jnp.float32)), state)
+
+    def local_chunk(states, data, idx, active, seeds, totals, edits):
+        def one(xs):
+            state, step_idx, step_active, seed, total, edit = xs
+            return replica_step(state, step_idx, step_active, seed, total, edit, data)
+
+        def body(carry, xs):
+            step_idx, step_active = xs
+            per_replica = (carry, step_idx, step_active, seeds, totals, edits)
+            if vmap_width >= local_replicas:
+                return jax.vmap(one)(per_replica)
+            return jax.lax.map(one, per_replica, batch_size=vmap_width if vmap_width > 1 else None)
+
+        return jax.lax.scan(body, states, (idx, active))
+
+    rep, time_rep = P(mesh_lib.DATA_AXIS), P(None, mesh_lib.DATA_AXIS)
+    sharded = jax.shard_map(local_chunk, mesh=mesh, check_vma=False,
+                            in_specs=(rep, P(), time_rep, time_rep, rep, rep, rep if with_edits else None),
+                            out_specs=(rep, time_rep))
+    return jax.jit(sharded, donate_argnums=(0,))
 
 
 def device_memory_bytes(device=None) -> int:

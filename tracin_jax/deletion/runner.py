@@ -147,8 +147,9 @@ def make_trainer(setup, manifest: dict, mesh=None) -> ReplicaTrainer:
     if mesh is None:
         devices = sweep.get("num_devices")
         mesh = mesh_lib.make_local_mesh() if devices is None else mesh_lib.make_mesh(int(devices))
+    width = int(sweep.get("vmap_width", 0)) or int((manifest.get("estimate") or {}).get("vmap_width", 0))
     return ReplicaTrainer(setup.cfg, setup.model, setup.train, mesh=mesh, epochs=int(manifest["epochs"]),
-                          steps_per_call=int(sweep.get("steps_per_call", 256)))
+                          steps_per_call=int(sweep.get("steps_per_call", 256)), vmap_width=width)
 
 
 def run_sweep(manifest_path: str | Path, *, shard: int | None = None, num_shards: int | None = None,

@@ -168,7 +168,8 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
         r = choose_num_replicas(trainer, num_jobs=len(manifest["jobs"]), requested=int(sweep_cfg.replicas),
                                 max_replicas=int(sweep_cfg.max_replicas),
                                 memory_fraction=float(sweep_cfg.memory_fraction))
-        manifest["estimate"] = estimate_cost(manifest, setup, r, mesh=trainer.mesh)
+        manifest["estimate"] = estimate_cost(manifest, setup, r, mesh=trainer.mesh,
+                                             vmap_width=int(sweep_cfg.vmap_width))
     atomic_write_json(out_dir / MANIFEST, manifest)
     say(f"[sweep] plan: {counts['jobs']} retraining jobs ({_kinds(counts['by_kind'])}) for "
         f"{counts['test_points']} test points x {len(counts['methods'])} methods x "

@@ -44,9 +44,13 @@ class TracInLayer(Method):
         self._test_split = self.context.split_for(test_store).encoded
         self._train_split = self.context.split_for(train_store).encoded
         try:
-            self.paths = group_paths(self.context.params(ckpts[0].step), self.groups, self.include_bias)
+            paths = group_paths(self.context.params(ckpts[0].step), self.groups, self.include_bias)
         except ValueError as e:
             raise MethodError(f"{self.name}: {e}") from e
+        if (self.context.model, paths) != getattr(self, "_compiled_for", None):
+            self._engines.clear()  # compiled for another model or parameter set
+            self._compiled_for = (self.context.model, paths)
+        self.paths = paths
         self._test_grads.clear()
 
     def _engine(self, mesh) -> ParamGradients:

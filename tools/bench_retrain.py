@@ -1,0 +1,223 @@
+"""Benchmark: retrainings per hour, R replicas vmapped vs the same R run one after another.
+
+Model: BERT, 2 layers, hidden 128 (the paper's BERT-tiny shape), trained from scratch.
+Data: a 5,000-example subset of SST-2 from ../shared/data/sst2 when present (word
+tokenizer built on it), else the synthetic corpus with 5,000 training examples.
+
+Each of the R retrainings has its own seed and removes its own 20 random examples
+(case deletion). Three ways to run them, timed after compilation on the same steps:
+
+- engine:     one ``ReplicaTrainer`` program, R replicas (``lax.scan`` over steps);
+- sequential: the R runs one after another with the trainer's own loop
+              (``jit(make_train_step)`` per step, host batches from ``iterate_batches``);
+- scan R=1:   the R runs one after another through ``ReplicaTrainer`` with R=1.
+
+The engine vmaps ``vmap_width`` replicas together per device: all R on a GPU/TPU,
+1 on CPU (replicas looped inside the one program); ``full_vmap_*`` reports width R
+on CPU too. ``replica_speedup`` = (faster sequential way) / engine. A retraining is
+``epochs · ceil(N / B)`` steps; ``--steps`` measures fewer and extrapolates per step.
+The last line printed is one JSON object.
+
+    python tools/bench_retrain.py                 # CPU defaults: R=8, 24 steps
+    python tools/bench_retrain.py --replicas 64 --steps 157   # a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SST2 = REPO.parent / "shared" / "data" / "sst2"
+
+
+def bench_config(args):
+    from tracin_jax.config import base_config
+
+    cfg = base_config()
+    cfg.name = "bench_retrain"
+    if SST2.exists() and not args.synthetic:
+        cfg.data.source = "csv"
+        cfg.data.files = {"train": str(SST2 / "train.csv"), "validation": str(SST2 / "dev.csv")}
+        cfg.data.train_split, cfg.data.eval_split = "train", "validation"
+        cfg.data.text_field, cfg.data.label_field = "text", "label"
+        cfg.data.label_names = ("negative", "positive")
+        cfg.data.max_train, cfg.data.max_eval = args.num_train, 200
+        data = f"sst2:{args.num_train}"
+    else:
+        cfg.data.source = "synthetic"
+        cfg.data.synthetic.num_train = args.num_train
+        cfg.data.synthetic.num_eval = 200
+        data = f"synthetic:{args.num_train}"
+    cfg.tokenizer.kind = "word"
+    cfg.tokenizer.vocab_size = 5000
+    cfg.tokenizer.max_length = args.max_length
+    cfg.model.kind = "bert"
+    cfg.model.hidden_size = 128
+    cfg.model.num_hidden_layers = 2
+    cfg.model.num_attention_heads = 2
+    cfg.model.intermediate_size = 512
+    cfg.model.max_position_embeddings = max(args.max_length, 64)
+    cfg.train.optimizer = "sgd"  # the paper's: SGD with momentum 0.9
+    cfg.train.lr = 2e-2
+    cfg.train.batch_size = args.batch_size
+    cfg.train.epochs = 1
+    cfg.train.num_devices = 1
+    return cfg, data
+
+
+def time_engine(setup, specs, steps: int, vmap_width: int) -> float:
+    """All R retrainings in one ReplicaTrainer program (``vmap_width`` 0 = the engine's default)."""
+    from tracin_jax.deletion.replicas import ReplicaTrainer
+
+    setup.cfg.train.max_steps = steps
+    trainer = ReplicaTrainer(setup.cfg, setup.model, setup.train, steps_per_call=steps,
+                             vmap_width=vmap_width)
+    jax.block_until_ready(trainer.train(specs).params)  # compile
+    t0 = time.perf_counter()
+    jax.block_until_ready(trainer.train(specs).params)
+    return time.perf_counter() - t0
+
+
+def time_scan_one_by_one(setup, specs, steps: int) -> float:
+    """The R retrainings one after another, each its own one-replica program call."""
+    from tracin_jax.deletion.replicas import ReplicaTrainer
+
+    setup.cfg.train.max_steps = steps
+    trainer = ReplicaTrainer(setup.cfg, setup.model, setup.train, steps_per_call=steps)
+    jax.block_until_ready(trainer.train(specs[:1]).params)  # compile
+    t0 = time.perf_counter()
+    for spec in specs:
+        jax.block_until_ready(trainer.train([spec]).params)
+    return time.perf_counter() - t0
+
+
+def time_trainer_loop(setup, specs, steps: int) -> float:
+    """The trainer's loop (as ``train``: one jitted step per batch, host batches from
+    ``iterate_batches``), one run after another; compiled once for all runs (seed and
+    schedule length are arguments), no checkpoints."""
+    import jax.numpy as jnp
+    from tracin_jax import mesh as mesh_lib
+    from tracin_jax.data import iterate_batches
+    from tracin_jax.deletion.replicas import initial_params
+    from tracin_jax.train import TrainState, make_optimizer
+    from tracin_jax.train.trainer import apply_train_step, schedule_value
+
+    cfg = setup.cfg
+    mesh = mesh_lib.make_mesh(1)
+    keys = ("input_ids", "attention_mask", "token_type_ids", "labels", "weights")
+    bs = int(cfg.train.batch_size)
+    params0 = {s.seed: initial_params(cfg, setup.model, s.seed) for s in specs}
+
+    def step(state, batch, seed, total):
+        tx = make_optimizer(cfg.train, lambda c: schedule_value(cfg.train, c, total), state.params)
+        key = jax.random.fold_in(jax.random.key(seed), state.step)
+        return apply_train_step(setup.model, tx, state, batch, key)[0]
+
+    step_fn = jax.jit(step, donate_argnums=(0,))
+
+    def run(spec, n_steps):
+        tx = make_optimizer(cfg.train, lambda c: 0.0, params0[spec.seed])
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params0[spec.seed],
+                           opt_state=tx.init(params0[spec.seed]))
+        state = mesh_lib.replicate(jax.tree.map(np.array, jax.device_get(state)), mesh)
+        seed, total = jnp.int32(spec.seed), jnp.int32(n_steps)
+        done, epoch = 0, 0
+        while done < n_steps:
+            for batch in iterate_batches(setup.train, bs, seed=spec.seed, epoch=epoch, keep=spec.keep):
+                state = step_fn(state, mesh_lib.shard_batch({k: batch[k] for k in keys}, mesh), seed, total)
+                done += 1
+                if done == n_steps:
+                    break
+            epoch += 1
+        jax.block_until_ready(state.params)
+
+    run(specs[0], 2)  # compile
+    t0 = time.perf_counter()
+    for spec in specs:
+        run(spec, steps)
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", type=int, default=None, help="R (default: 8 on CPU, 64 on GPU/TPU)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps timed per retraining (default: 24 on CPU, one epoch elsewhere)")
+    parser.add_argument("--num-train", type=int, default=5000)
+    parser.add_argument("--max-length", type=int, default=64, help="SST-2 sentences are short")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--remove", type=int, default=20, help="examples removed per retraining")
+    parser.add_argument("--synthetic", action="store_true", help="synthetic data even if SST-2 is present")
+    parser.add_argument("--skip-scan1", action="store_true", help="skip the R=1 scan baseline")
+    parser.add_argument("--repeats", type=int, default=1, help="time each way this often, keep the best")
+    args = parser.parse_args(argv)
+
+    from tracin_jax.deletion.replicas import ReplicaSpec
+    from tracin_jax.train import prepare_run
+
+    platform = jax.devices()[0].platform
+    replicas = args.replicas or (8 if platform == "cpu" else 64)
+    cfg, data = bench_config(args)
+    setup = prepare_run(cfg, None)
+    n = len(setup.train)
+    steps_per_retrain = int(cfg.train.epochs) * math.ceil((n - args.remove) / args.batch_size)
+    steps = args.steps or (24 if platform == "cpu" else steps_per_retrain)
+    rng = np.random.default_rng(0)
+    specs = []
+    for r in range(replicas):
+        keep = np.ones(n, bool)
+        keep[rng.choice(n, args.remove, replace=False)] = False
+        specs.append(ReplicaSpec(seed=r, keep=keep))
+
+    from tracin_jax.deletion.replicas import ReplicaTrainer
+    default_width = ReplicaTrainer(setup.cfg, setup.model, setup.train).vmap_width_for(replicas)
+    timings = {}
+    for name, fn in (("engine", lambda: time_engine(setup, specs, steps, 0)),
+                     ("full_vmap", lambda: time_engine(setup, specs, steps, replicas)),
+                     ("sequential_trainer_loop", lambda: time_trainer_loop(setup, specs, steps)),
+                     ("sequential_scan1", lambda: time_scan_one_by_one(setup, specs, steps))):
+        if name == "full_vmap" and default_width == replicas:
+            continue  # the engine's default already vmaps every replica
+        if name == "sequential_scan1" and args.skip_scan1:
+            continue
+        timings[name] = min(fn() for _ in range(args.repeats))
+        print(f"{name}: {timings[name]:.2f} s for {replicas} x {steps} steps", file=sys.stderr)
+    if "full_vmap" not in timings:
+        timings["full_vmap"] = timings["engine"]
+    t_seq = min(timings[k] for k in ("sequential_trainer_loop", "sequential_scan1") if k in timings)
+
+    def per_hour(total_s):
+        return 3600.0 / (total_s / steps * steps_per_retrain / replicas)
+
+    results = {
+        "bench": "retrain", "device": jax.devices()[0].device_kind, "platform": platform,
+        "num_devices": 1, "model": "bert L2 H128 A2 I512", "data": data,
+        "max_length": args.max_length, "batch_size": args.batch_size, "replicas": replicas,
+        "engine_vmap_width": default_width, "removed_per_retrain": args.remove,
+        "steps_timed": steps, "steps_per_retrain": steps_per_retrain,
+        **{f"{k}_s": v for k, v in timings.items()},
+        "retrains_per_hour": per_hour(timings["engine"]),
+        "full_vmap_retrains_per_hour": per_hour(timings["full_vmap"]),
+        "sequential_retrains_per_hour": per_hour(t_seq),
+        "replica_speedup": t_seq / timings["engine"],
+        "full_vmap_speedup": t_seq / timings["full_vmap"],
+        "speedup_vs_trainer_loop": timings["sequential_trainer_loop"] / timings["engine"],
+        "target": "replica_speedup >= 1.0 on CPU, >= 5 on GPU",
+    }
+    target = 1.0 if platform == "cpu" else 5.0
+    results["meets_target"] = bool(results["replica_speedup"] >= target)
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.exit(main())
