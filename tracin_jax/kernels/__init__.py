@@ -3,6 +3,8 @@
 Nothing here imports models or data: inputs are arrays of token ids and gradients.
 """
 from tracin_jax.kernels.pair_scores import (
+    default_backend,
+    pair_scores,
     pair_scores_dense,
     pair_scores_dense_jit,
     pair_scores_sparse,
@@ -28,7 +30,9 @@ from tracin_jax.kernels.topk import (
 __all__ = [
     "PAD_ID",
     "TOPK_BY",
+    "default_backend",
     "init_topk",
+    "pair_scores",
     "merge_topk",
     "pair_scores_dense",
     "pair_scores_dense_jit",
