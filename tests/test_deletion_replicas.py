@@ -74,7 +74,9 @@ def single_runs(setup, tmp_path_factory):
     return keeps, out
 
 
-@pytest.mark.parametrize("vmap_width", [4, 1])  # one vmapped step; replicas looped in the program
+# 4: one vmapped program (accelerators); 2: lax.map over pairs of vmapped replicas;
+# 1: one replica after another (the CPU default)
+@pytest.mark.parametrize("vmap_width", [4, 2, 1])
 def test_vmapped_replica_equals_single_training_run(setup, single_runs, vmap_width):
     """Replica r of one program == train(cfg with seed s_r, keep=keep_r)."""
     keeps, reference = single_runs

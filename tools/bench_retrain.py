@@ -5,17 +5,22 @@ Data: a 5,000-example subset of SST-2 from ../shared/data/sst2 when present (wor
 tokenizer built on it), else the synthetic corpus with 5,000 training examples.
 
 Each of the R retrainings has its own seed and removes its own 20 random examples
-(case deletion). Three ways to run them, timed after compilation on the same steps:
+(case deletion). The ways to run them, timed after compilation on the same steps,
+interleaved ``--repeats`` times (best kept; this machine is shared):
 
-- engine:     one ``ReplicaTrainer`` program, R replicas (``lax.scan`` over steps);
-- sequential: the R runs one after another with the trainer's own loop
-              (``jit(make_train_step)`` per step, host batches from ``iterate_batches``);
-- scan R=1:   the R runs one after another through ``ReplicaTrainer`` with R=1.
+- engine:     ``ReplicaTrainer.train`` on all R (what ``tracin-jax sweep run`` does). It
+              vmaps ``vmap_width`` replicas per device: all R on a GPU/TPU; on one CPU
+              device width 1, i.e. the replicas one after another through the
+              one-replica program (XLA:CPU's batched GEMMs of a vmapped BERT step are
+              slower than plain ones, and so is a loop over replicas inside the program);
+- full_vmap:  the engine with width R (one vmapped program) — on CPU for reference;
+- sequential_trainer_loop: the R runs one after another with the trainer's own loop
+              (one jitted step per batch, host batches from ``iterate_batches``);
+- sequential_scan1: the R runs one after another, each a one-replica engine call.
 
-The engine vmaps ``vmap_width`` replicas together per device: all R on a GPU/TPU,
-1 on CPU (replicas looped inside the one program); ``full_vmap_*`` reports width R
-on CPU too. ``replica_speedup`` = (faster sequential way) / engine. A retraining is
-``epochs · ceil(N / B)`` steps; ``--steps`` measures fewer and extrapolates per step.
+``replica_speedup`` = (faster sequential way) / engine; ``speedup_vs_trainer_loop``
+and ``full_vmap_speedup`` as named. A retraining is ``epochs · ceil(N / B)`` steps;
+``--steps`` measures fewer and extrapolates per step.
 The last line printed is one JSON object.
 
     python tools/bench_retrain.py                 # CPU defaults: R=8, 24 steps
@@ -73,7 +78,7 @@ def bench_config(args):
     return cfg, data
 
 
-def time_engine(setup, specs, steps: int, vmap_width: int) -> float:
+def engine_way(setup, specs, steps: int, vmap_width: int):
     """All R retrainings in one ReplicaTrainer program (``vmap_width`` 0 = the engine's default)."""
     from tracin_jax.deletion.replicas import ReplicaTrainer
 
@@ -81,25 +86,31 @@ def time_engine(setup, specs, steps: int, vmap_width: int) -> float:
     trainer = ReplicaTrainer(setup.cfg, setup.model, setup.train, steps_per_call=steps,
                              vmap_width=vmap_width)
     jax.block_until_ready(trainer.train(specs).params)  # compile
-    t0 = time.perf_counter()
-    jax.block_until_ready(trainer.train(specs).params)
-    return time.perf_counter() - t0
+
+    def measure() -> float:
+        t0 = time.perf_counter()
+        jax.block_until_ready(trainer.train(specs).params)
+        return time.perf_counter() - t0
+    return measure
 
 
-def time_scan_one_by_one(setup, specs, steps: int) -> float:
+def scan1_way(setup, specs, steps: int):
     """The R retrainings one after another, each its own one-replica program call."""
     from tracin_jax.deletion.replicas import ReplicaTrainer
 
     setup.cfg.train.max_steps = steps
     trainer = ReplicaTrainer(setup.cfg, setup.model, setup.train, steps_per_call=steps)
     jax.block_until_ready(trainer.train(specs[:1]).params)  # compile
-    t0 = time.perf_counter()
-    for spec in specs:
-        jax.block_until_ready(trainer.train([spec]).params)
-    return time.perf_counter() - t0
+
+    def measure() -> float:
+        t0 = time.perf_counter()
+        for spec in specs:
+            jax.block_until_ready(trainer.train([spec]).params)
+        return time.perf_counter() - t0
+    return measure
 
 
-def time_trainer_loop(setup, specs, steps: int) -> float:
+def trainer_loop_way(setup, specs, steps: int):
     """The trainer's loop (as ``train``: one jitted step per batch, host batches from
     ``iterate_batches``), one run after another; compiled once for all runs (seed and
     schedule length are arguments), no checkpoints."""
@@ -140,10 +151,13 @@ def time_trainer_loop(setup, specs, steps: int) -> float:
         jax.block_until_ready(state.params)
 
     run(specs[0], 2)  # compile
-    t0 = time.perf_counter()
-    for spec in specs:
-        run(spec, steps)
-    return time.perf_counter() - t0
+
+    def measure() -> float:
+        t0 = time.perf_counter()
+        for spec in specs:
+            run(spec, steps)
+        return time.perf_counter() - t0
+    return measure
 
 
 def main(argv=None) -> int:
@@ -157,7 +171,7 @@ def main(argv=None) -> int:
     parser.add_argument("--remove", type=int, default=20, help="examples removed per retraining")
     parser.add_argument("--synthetic", action="store_true", help="synthetic data even if SST-2 is present")
     parser.add_argument("--skip-scan1", action="store_true", help="skip the R=1 scan baseline")
-    parser.add_argument("--repeats", type=int, default=1, help="time each way this often, keep the best")
+    parser.add_argument("--repeats", type=int, default=3, help="time each way this often, keep the best")
     args = parser.parse_args(argv)
 
     from tracin_jax.deletion.replicas import ReplicaSpec
@@ -179,17 +193,18 @@ def main(argv=None) -> int:
 
     from tracin_jax.deletion.replicas import ReplicaTrainer
     default_width = ReplicaTrainer(setup.cfg, setup.model, setup.train).vmap_width_for(replicas)
-    timings = {}
-    for name, fn in (("engine", lambda: time_engine(setup, specs, steps, 0)),
-                     ("full_vmap", lambda: time_engine(setup, specs, steps, replicas)),
-                     ("sequential_trainer_loop", lambda: time_trainer_loop(setup, specs, steps)),
-                     ("sequential_scan1", lambda: time_scan_one_by_one(setup, specs, steps))):
-        if name == "full_vmap" and default_width == replicas:
-            continue  # the engine's default already vmaps every replica
-        if name == "sequential_scan1" and args.skip_scan1:
-            continue
-        timings[name] = min(fn() for _ in range(args.repeats))
-        print(f"{name}: {timings[name]:.2f} s for {replicas} x {steps} steps", file=sys.stderr)
+    ways = {"engine": engine_way(setup, specs, steps, 0),
+            "sequential_trainer_loop": trainer_loop_way(setup, specs, steps)}
+    if default_width != replicas:  # else the engine's default already vmaps every replica
+        ways["full_vmap"] = engine_way(setup, specs, steps, replicas)
+    if not args.skip_scan1:
+        ways["sequential_scan1"] = scan1_way(setup, specs, steps)
+    samples = {name: [] for name in ways}
+    for _ in range(args.repeats):  # interleaved, so a busy machine slows every way alike
+        for name, fn in ways.items():
+            samples[name].append(fn())
+            print(f"{name}: {samples[name][-1]:.2f} s for {replicas} x {steps} steps", file=sys.stderr)
+    timings = {name: min(v) for name, v in samples.items()}
     if "full_vmap" not in timings:
         timings["full_vmap"] = timings["engine"]
     t_seq = min(timings[k] for k in ("sequential_trainer_loop", "sequential_scan1") if k in timings)

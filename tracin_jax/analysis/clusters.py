@@ -1,7 +1,9 @@
 """Mislabel clustering by influence distance (paper appendix A).
 
-1. Hard examples: train N models (replicas with different seeds, all data kept);
-   an example is *hard* if at least ``min_error_rate`` (0.4) of them misclassify it.
+1. Hard examples: train N models (replicas with different seeds, all data kept, early
+   stopped: ``epochs``); an example is *hard* if at least ``min_error_rate`` (0.4) of
+   them misclassify it ("classified incorrectly at least 40% ... after training 20
+   models", appendix A).
 2. Influence distance between hard examples a, b (TracIn-WE by default):
 
        d(a, b) = max(1 − I(a, b) / sqrt(I(a, a) · I(b, b)), 0)            (SPEC "Analyses")
@@ -149,18 +151,31 @@ def _majority_name(values: Sequence[int], names: Sequence[str]) -> str:
     return f"{names[top]} ({n}/{len(values)})"
 
 
-def train_models(setup, seeds: Sequence[int], *, mesh=None, progress: bool = False) -> np.ndarray:
+def train_models(setup, seeds: Sequence[int], *, epochs: int | None = None, mesh=None,
+                 progress: bool = False) -> np.ndarray:
     """Softmax probabilities ``[R, N, C]`` on the training set of R models trained on all of it
-    (one per seed, as ``train`` with that seed), via the vmapped replica trainer."""
-    from tracin_jax.deletion.replicas import ReplicaSpec, ReplicaTrainer
+    (one per seed, as ``train`` with that seed and ``epochs``, default the run's), via the
+    vmapped replica trainer."""
+    import jax
 
-    trainer = ReplicaTrainer(setup.cfg, setup.model, setup.train, mesh=mesh)
+    from tracin_jax.deletion.replicas import ReplicaSpec, ReplicaTrainer
+    from tracin_jax.mesh import make_local_mesh
+    from tracin_jax.train import predict_proba
+
+    trainer = ReplicaTrainer(setup.cfg, setup.model, setup.train, mesh=mesh, epochs=epochs)
     keep = np.ones(len(setup.train.labels), bool)
     report = None
     if progress:
         report = lambda done, total: log.info("replicas: %d/%d device calls", done, total)
     run = trainer.train([ReplicaSpec(seed=int(s), keep=keep) for s in seeds], progress=report)
-    return trainer.predict(run, setup.train)
+    # One model at a time through the trainer's own predict_proba: ReplicaTrainer.predict
+    # (jit of a vmap over replicas sharded on the mesh) returns wrong CNN probabilities on
+    # multi-device CPU meshes (XLA partitioning of the vmapped convolution).
+    params = jax.device_get(run.params)
+    eval_mesh = mesh or make_local_mesh()
+    batch = int(setup.cfg.train.eval_batch_size)
+    return np.stack([predict_proba(setup.model, jax.tree.map(lambda x, r=r: np.asarray(x[r]), params),
+                                   setup.train, batch, eval_mesh) for r in range(len(seeds))])
 
 
 def _extract_rows(setup, run_dir: Path, rows: np.ndarray, out_dir: Path, k, progress: bool):
@@ -205,13 +220,15 @@ def common_tokens(method, store, positions: Sequence[int], context, top_per_pair
 
 
 def find_clusters(run_dir: str | Path, out_dir: str | Path, *, num_models: int = 5, seeds=None,
-                  min_error_rate: float = MIN_ERROR_RATE, hard_positions: Sequence[int] | None = None,
+                  epochs: int | None = None, min_error_rate: float = MIN_ERROR_RATE, hard_positions: Sequence[int] | None = None,
                   method: str = "tracin_we", threshold: float = DISTANCE_THRESHOLD,
                   min_size: int = MIN_CLUSTER_SIZE, linkage: str = "average", top: int = 5,
                   setup=None, progress: bool = False) -> ClusterReport:
     """The appendix-A pipeline on a training run; writes ``hardness.json`` and the store under ``out_dir``.
 
-    ``hard_positions`` (training-split rows) skips the N-model selection.
+    ``hard_positions`` (training-split rows) skips the N-model selection. ``epochs``: training
+    length of the N models (the paper early-stops them, so that they do not memorise the
+    mislabelled examples; default the run's ``train.epochs``).
     """
     from tracin_jax.mesh import make_local_mesh
     from tracin_jax.methods import RunContext, get_method, score_matrix
@@ -225,14 +242,14 @@ def find_clusters(run_dir: str | Path, out_dir: str | Path, *, num_models: int =
     predictions = None
     if hard_positions is None:
         seeds = list(range(int(num_models))) if seeds is None else [int(s) for s in seeds]
-        probs = train_models(setup, seeds, mesh=mesh, progress=progress)
+        probs = train_models(setup, seeds, epochs=epochs, mesh=mesh, progress=progress)
         rate = misclassification_rate(probs, labels)
         hard = select_hard(rate, min_error_rate)
         votes = np.argmax(probs, -1)  # [R, N]
         predictions = np.asarray([np.bincount(votes[:, n], minlength=probs.shape[-1]).argmax()
                                   for n in range(votes.shape[1])])
         (out / "hardness.json").write_text(json.dumps({
-            "seeds": seeds, "min_error_rate": min_error_rate,
+            "seeds": seeds, "epochs": epochs or int(setup.cfg.train.epochs), "min_error_rate": min_error_rate,
             "error_rate": rate.round(6).tolist(), "hard_positions": hard.tolist(),
             "hard_ids": np.asarray(setup.train.ids)[hard].tolist()}))
         num_models = len(seeds)

@@ -36,7 +36,7 @@ def cmd_clusters(args, overrides) -> int:
     if args.hard_positions:
         hard = [int(i) for i in json.loads(Path(args.hard_positions).read_text())]
     seeds = None if not args.seeds else [int(s) for s in args.seeds.split(",")]
-    report = find_clusters(args.run, args.out, num_models=args.models, seeds=seeds,
+    report = find_clusters(args.run, args.out, num_models=args.models, seeds=seeds, epochs=args.epochs,
                            min_error_rate=args.min_error_rate, hard_positions=hard,
                            method=args.method, threshold=args.threshold, min_size=args.min_size,
                            linkage=args.linkage, progress=not args.no_progress)
@@ -72,6 +72,8 @@ def register(sub) -> None:
     p.add_argument("--run", required=True, help="training run directory")
     p.add_argument("--models", type=int, default=5, help="N models trained to find hard examples")
     p.add_argument("--seeds", default=None, help="seeds of the N models, e.g. 0,1,2 (default 0..N-1)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs of the N models (early stopping; default: the run's)")
     p.add_argument("--min-error-rate", type=float, default=cl.MIN_ERROR_RATE)
     p.add_argument("--hard-positions", default=None,
                    help="JSON list of training rows to cluster (skips training the N models)")

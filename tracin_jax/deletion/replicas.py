@@ -11,7 +11,7 @@ number of updates ``epochs · ceil(n_kept / B)``. R such runs share one program:
 Replicas keep more or fewer examples, so their epochs have different lengths.
 The program runs ``max_r ceil(n_kept_r / B)`` slots per epoch; a replica whose
 epoch is over is *inactive* in the remaining slots: its state is carried
-through unchanged (``cond``; a select under vmap), so it sees each kept example
+through unchanged (a select), so it sees each kept example
 once per epoch, never a removed one, and its step counter, optimizer count,
 schedule and dropout stream are those of the single run.
 
@@ -273,12 +273,26 @@ class ReplicaTrainer:
 
     def train(self, specs: Sequence[ReplicaSpec], *, progress: Callable[[int, int], None] | None = None
               ) -> ReplicaRun:
-        """Trains every replica to completion; ``progress(done_slots, total_slots)`` per call."""
+        """Trains every replica to completion; ``progress(done_calls, total_calls)`` per call.
+
+        With a vmap width of 1 on a single device (CPU), the replicas run one after
+        another through the one-replica program: as fast as a loop inside one program
+        and faster than XLA:CPU's nested loops (measured), with the same results.
+        """
         if not specs:
             raise ValueError("train() needs at least one ReplicaSpec")
         for s in specs:
             if len(s.keep) != self.n:
                 raise ValueError(f"keep mask of {len(s.keep)} rows for a training set of {self.n}")
+        if len(specs) > 1 and self.num_devices == 1 and self.vmap_width_for(len(specs)) == 1:
+            runs = [self._train_group([spec], progress) for spec in specs]
+            return ReplicaRun(params=jax.tree.map(lambda *xs: jnp.concatenate(xs), *[r.params for r in runs]),
+                              steps=np.concatenate([r.steps for r in runs]),
+                              train_loss=np.concatenate([r.train_loss for r in runs]),
+                              num_replicas=len(specs))
+        return self._train_group(specs, progress)
+
+    def _train_group(self, specs: Sequence[ReplicaSpec], progress) -> ReplicaRun:
         padded = self._pad_specs(specs)
         r_total = len(padded)
         n_kept = [int(np.count_nonzero(s.keep)) for s in padded]
@@ -394,39 +408,43 @@ def _shapes(tree):
 
 def _build_chunk_fn(model, train_cfg, pad_id: int, mesh: Mesh, with_edits: bool, template,
                     vmap_width: int, local_replicas: int) -> Callable:
-    """``lax.scan`` over steps; per step, every replica's ``trainer.apply_train_step``.
+    """Per replica, ``lax.scan`` over the chunk's steps of ``trainer.apply_train_step``.
 
     Each device runs its own ``local_replicas`` (``shard_map``, no collectives), in
     groups of ``vmap_width`` vmapped together (``lax.map(..., batch_size=width)``):
-    width = local replicas is one vmapped step (accelerators), width 1 runs the
+    width = local replicas is one vmapped program (accelerators), width 1 runs the
     replicas one after another inside the program (CPU, where batched GEMMs of a
-    vmap are slower than the plain ones), skipping inactive replicas with ``cond``.
+    vmap are slower than the plain ones).
     """
 
     def replica_step(state, idx, active, seed, total, edits, data):
-        def update(state):
-            batch = gather_batch(data, idx, pad_id, edits)
-            tx = make_optimizer(train_cfg, lambda c: schedule_value(train_cfg, c, total), template)
-            key = jax.random.fold_in(jax.random.key(seed), state.step)
-            new, metrics = apply_train_step(model, tx, state, batch, key)
-            return new, metrics["loss"].astype(jnp.float32)
+        batch = gather_batch(data, idx, pad_id, edits)
+        tx = make_optimizer(train_cfg, lambda c: schedule_value(train_cfg, c, total), template)
+        key = jax.random.fold_in(jax.random.key(seed), state.step)
+        new, metrics = apply_train_step(model, tx, state, batch, key)
+        # An inactive replica carries its state unchanged. A select, not a cond: XLA fuses
+        # it into the update (a cond made the CPU program copy the state every step).
+        new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
+        return new, jnp.where(active, metrics["loss"], 0.0).astype(jnp.float32)
 
-        # under vmap, cond becomes a select: inactive replicas carry their state unchanged
-        return jax.lax.cond(active, update, lambda s: (s, jnp.zeros((), jnp.float32)), state)
+    def replica_chunk(xs, data):
+        """One replica through the chunk's steps: ``lax.scan`` over its own state only."""
+        state, idx, active, seed, total, edit = xs  # idx [S, B], active [S]
+
+        def body(carry, step_xs):
+            return replica_step(carry, step_xs[0], step_xs[1], seed, total, edit, data)
+        return jax.lax.scan(body, state, (idx, active))
 
     def local_chunk(states, data, idx, active, seeds, totals, edits):
-        def one(xs):
-            state, step_idx, step_active, seed, total, edit = xs
-            return replica_step(state, step_idx, step_active, seed, total, edit, data)
-
-        def body(carry, xs):
-            step_idx, step_active = xs
-            per_replica = (carry, step_idx, step_active, seeds, totals, edits)
-            if vmap_width >= local_replicas:
-                return jax.vmap(one)(per_replica)
-            return jax.lax.map(one, per_replica, batch_size=vmap_width if vmap_width > 1 else None)
-
-        return jax.lax.scan(body, states, (idx, active))
+        # Replicas are independent, so the loop over replicas can sit outside the loop
+        # over steps: each replica's state is sliced once per chunk, not once per step.
+        per_replica = (states, jnp.swapaxes(idx, 0, 1), jnp.swapaxes(active, 0, 1), seeds, totals, edits)
+        one = lambda xs: replica_chunk(xs, data)
+        if vmap_width >= local_replicas:
+            states, loss = jax.vmap(one)(per_replica)
+        else:
+            states, loss = jax.lax.map(one, per_replica, batch_size=vmap_width if vmap_width > 1 else None)
+        return states, jnp.swapaxes(loss, 0, 1)  # loss [S, R]
 
     rep, time_rep = P(mesh_lib.DATA_AXIS), P(None, mesh_lib.DATA_AXIS)
     sharded = jax.shard_map(local_chunk, mesh=mesh, check_vma=False,

@@ -170,7 +170,9 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
                                 memory_fraction=float(sweep_cfg.memory_fraction))
         manifest["estimate"] = estimate_cost(manifest, setup, r, mesh=trainer.mesh,
                                              vmap_width=int(sweep_cfg.vmap_width))
-    atomic_write_json(out_dir / MANIFEST, manifest)
+    import jax
+    if jax.process_index() == 0:  # every process computes the same plan; one writes it
+        atomic_write_json(out_dir / MANIFEST, manifest)
     say(f"[sweep] plan: {counts['jobs']} retraining jobs ({_kinds(counts['by_kind'])}) for "
         f"{counts['test_points']} test points x {len(counts['methods'])} methods x "
         f"{len(counts['k_grid'])} k x {len(manifest['signs'])} signs x {len(counts['seeds'])} seeds "
