@@ -1,6 +1,5 @@
 """Targeted fixing (appendix L) and the LDS / mislabel columns, through the CLI: plan -> run -> report."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

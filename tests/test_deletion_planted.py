@@ -9,9 +9,6 @@ replica retraining -> report.
 """
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 from tracin_jax import config as config_lib
 from tracin_jax.deletion.demo_stage import demo_sweep_config, run_deletion_demo
 from tracin_jax.pipeline import run_gradients

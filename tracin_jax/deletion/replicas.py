@@ -299,7 +299,9 @@ class ReplicaTrainer:
         spe, total = run_lengths(n_kept, self.batch_size, self.train_cfg)
         slots = int(spe.max())
         epochs = int(max(math.ceil(t / s) for t, s in zip(total, spe) if s > 0)) if slots else 0
-        chunk_len = max(1, min(self.steps_per_call, slots))
+        # From the full training set, not this group: every group (and every replica run
+        # alone) then has the same shapes and shares one compilation.
+        chunk_len = max(1, min(self.steps_per_call, num_batches(self.n, self.batch_size)))
         with_edits = any(s.edit_tokens is not None for s in padded)
         fn = self._chunk_fn(with_edits, r_total)
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from tracin_jax.deletion import metrics
-from tracin_jax.deletion.plan import SIGNS, atomic_write_json, lds_keep_mask, load_manifest
+from tracin_jax.deletion.plan import atomic_write_json, lds_keep_mask, load_manifest
 from tracin_jax.deletion.runner import load_failures, load_results
 
 log = logging.getLogger(__name__)
