@@ -10,6 +10,9 @@ def get_config():
     cfg = base_config()
     cfg.name = "demo"
     cfg.data.source = "synthetic"
+    # 15 planted proponents per trigger: removing the top 5-20 of them is felt by the
+    # trigger test points (with 25, the 5 left after k=20 still carry the prediction).
+    cfg.data.synthetic.trigger_train_examples = 15
     cfg.tokenizer.kind = "word"
     cfg.tokenizer.max_length = 32
     cfg.model.kind = "bert"

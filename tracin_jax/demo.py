@@ -40,6 +40,15 @@ def run_demo(cfg: ml_collections.ConfigDict, out: Path, *, progress: bool = True
               f"{len(store.checkpoints)} checkpoints")
         summary[f"{split}_store"] = str(out / "grads" / split)
     summary.update(score_and_report(setup, run_dir, out, progress=progress))
+    from tracin_jax.deletion.demo_stage import run_deletion_demo
+    from tracin_jax.store import GradientStore
+    deletion = run_deletion_demo(setup, run_dir, out / "deletion",
+                                 train_store=GradientStore(out / "grads" / "train"), progress=progress)
+    table = out / "deletion" / "report" / "table.md"
+    if table.exists() and not progress:
+        print(f"[demo] case deletion ({out / 'deletion' / 'report'}):\n{table.read_text()}")
+    summary["deletion"] = {"report": str(out / "deletion" / "report"),
+                           **{k: v for k, v in deletion.items() if isinstance(v, (int, float, str))}}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
