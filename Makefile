@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/tracin-jax demo --out runs/demo
 
 test: install-test
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 tests
 
 clean:
 	rm -rf runs .pytest_cache
