@@ -108,6 +108,7 @@ def test_planted_flipped_group_is_recovered(flipped_run, tmp_path, capsys):
     # ... explained by the source class's keywords.
     source_keywords = set(truth["class_keywords"][truth["flipped_true_labels"][0]])
     assert source_keywords & {t for t, _ in top["common_tokens"][:2]}
+    assert not {"[CLS]", "[SEP]"} & {t for c in report["clusters"] for t, _ in c["common_tokens"]}
     assert all(c["mean_distance"] < cl.DISTANCE_THRESHOLD for c in report["clusters"])
     md = (out / "clusters.md").read_text()
     assert "| cluster | size | common words |" in md and "## Cluster 1" in md

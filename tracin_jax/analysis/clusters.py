@@ -14,8 +14,8 @@
 3. Agglomerative clustering (scikit-learn, precomputed distances, ``distance_threshold``
    0.8, average linkage by default); clusters with ≥ ``min_size`` (3) members are kept.
 4. Per cluster, the words that explain it: for every pair of members, the top-5 tokens by
-   contribution to the pair's TracIn-WE score (word-level decomposition, sec. 4.3);
-   tokens ranked by how many pairs have them in their top 5.
+   contribution to the pair's TracIn-WE score (word-level decomposition, sec. 4.3;
+   start/end tokens left out); tokens ranked by how many pairs have them in their top 5.
 """
 from __future__ import annotations
 
@@ -124,8 +124,9 @@ class ClusterReport:
         lines = [f"# Mislabel clusters ({self.method}, influence distance, threshold {self.threshold})", "",
                  f"{self.num_hard} hard training examples (misclassified by ≥ {self.min_error_rate:.0%} "
                  f"of {self.num_models} models); {len(self.clusters)} clusters of ≥ {MIN_CLUSTER_SIZE} "
-                 "members. Common words: tokens most often among the top-5 contributors to the "
-                 "pairwise TracIn-WE scores inside the cluster (count = pairs).", "",
+                 "members. Common words: tokens most often among the top-5 contributors (start/end "
+                 "tokens left out) to the pairwise TracIn-WE scores inside the cluster "
+                 "(count = pairs).", "",
                  "| cluster | size | common words | predicted label | given label | mean distance |",
                  "|---|---:|---|---|---|---:|"]
         for i, c in enumerate(self.clusters, 1):
@@ -201,19 +202,25 @@ def _extract_rows(setup, run_dir: Path, rows: np.ndarray, out_dir: Path, k, prog
 
 
 def common_tokens(method, store, positions: Sequence[int], context, top_per_pair: int = TOP_TOKENS_PER_PAIR,
-                  top: int = 5) -> list[tuple[str, int]]:
-    """Tokens most often among each member pair's ``top_per_pair`` largest contributions."""
+                  top: int = 5, skip_special: bool = True) -> list[tuple[str, int]]:
+    """Tokens most often among each member pair's ``top_per_pair`` largest positive contributions.
+
+    ``skip_special`` leaves out the start/end tokens: they are shared by every pair, so they
+    say nothing about what a cluster has in common (the paper's tables list words only).
+    """
     from tracin_jax.methods.explain import gather_records, pair_contributions
 
     if not method.decomposable:
         return []
     weights = method.checkpoint_weights(store, store)
     records = gather_records(store, positions, method.read_fields(), [w.step for w in weights])
+    skip = set(context.special_ids) if skip_special else set()
     counts: Counter = Counter()
     for a, b in combinations(range(len(positions)), 2):
         one = lambda i: {s: {k: v[i:i + 1] for k, v in block.items()} for s, block in records.items()}
-        ids, values = pair_contributions(method, one(a), one(b), weights)
-        counts.update(int(t) for t, v in zip(ids[:top_per_pair], values[:top_per_pair]) if v > 0)
+        ids, values = pair_contributions(method, one(a), one(b), weights)  # most positive first
+        kept = [int(t) for t, v in zip(ids, values) if v > 0 and int(t) not in skip]
+        counts.update(kept[:top_per_pair])
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     tokens = context.decode([t for t, _ in ranked]) if ranked else []
     return [(str(tok), int(n)) for tok, (_, n) in zip(tokens, ranked)]
