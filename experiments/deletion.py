@@ -10,7 +10,8 @@ gradient stores of the training set and the test points (OUT/grads/{train,test}_
 top-k for tracin_we_topk, exact for tracin_we / _noc / common, the top-k store for
 the others) → each method's top proponents/opponents → the sweep manifest, its
 retrainings (vmapped replicas) and the report (OUT/sweep/report: table.md,
-deletion_curves.png, summary.json). ``--cancellation N`` also writes the per-layer
+deletion_curves.png, summary.json). ``random`` among the methods adds the control of
+removing k random training examples. ``--cancellation N`` also writes the per-layer
 cancellation analysis of the run over N training examples (OUT/cancellation).
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 EXACT_METHODS = ("tracin_we", "tracin_we_noc", "tracin_common", "tracin_we_syn")
+RANDOM = "random"  # control: remove k random training examples
+RANDOM_SALT = 7919
 
 
 def main(argv=None) -> int:
@@ -42,7 +45,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="config file (ignored with --run: the run's own config)")
     parser.add_argument("--run", default=None, help="reuse this trained run instead of OUT/run")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--methods", required=True, help="comma-separated; tracin_layer[a,b] allowed")
+    parser.add_argument("--methods", required=True,
+                        help="comma-separated; tracin_layer[a,b] allowed; 'random' = the random-removal control")
     parser.add_argument("--cancellation", type=int, default=0, help="examples for the cancellation table")
     parser.add_argument("--max-jobs", type=int, default=None, help="stop the sweep after N jobs")
     args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
@@ -88,8 +92,11 @@ def main(argv=None) -> int:
     rankings = {}
     for m in methods:
         exact = m in EXACT_METHODS or not k
-        rankings[m] = compute_rankings(m, stores["test", exact], stores["train", exact], depth,
-                                       context=context, mesh=mesh)
+        if m == RANDOM:
+            rankings[m] = random_rankings(stores["test", exact], setup.train.ids, depth)
+        else:
+            rankings[m] = compute_rankings(m, stores["test", exact], stores["train", exact], depth,
+                                           context=context, mesh=mesh)
         say(f"ranked {len(rankings[m].test_ids)} test points with {m}")
     overlap = _overlaps(rankings, depth)
     (out / "rankings_overlap.json").parent.mkdir(parents=True, exist_ok=True)
@@ -101,6 +108,25 @@ def main(argv=None) -> int:
     summary = sweep_report(out / "sweep")
     say("report:\n" + Path(summary["files"]["table_md"]).read_text())
     return 0
+
+
+def random_rankings(test_store, train_ids, depth: int):
+    """The control: per test point, ``depth`` random "proponents" and ``depth`` other random
+    "opponents" (seeded by the test id), so DEL± of a method can be read against removing as
+    many examples at random."""
+    import numpy as np
+    from tracin_jax.deletion.rankings import Rankings
+
+    step = test_store.checkpoints[0].step
+    block = test_store.load(step, fields=("example_id", "label"))
+    test_ids = np.asarray(block["example_id"], np.int64)
+    train_ids = np.asarray(train_ids, np.int64)
+    picks = np.stack([np.random.default_rng([RANDOM_SALT, int(t)]).permutation(train_ids)[:2 * depth]
+                      for t in test_ids])
+    nan = np.full((len(test_ids), depth), np.nan, np.float32)
+    return Rankings(method=RANDOM, test_ids=test_ids, test_labels=np.asarray(block["label"], np.int32),
+                    proponents=picks[:, :depth], opponents=picks[:, depth:], proponent_scores=nan,
+                    opponent_scores=nan)
 
 
 def _split_methods(text: str) -> list[str]:

@@ -4,13 +4,17 @@
 
 For each experiment directory found: the deletion table (AUC-DEL± ± bootstrap std,
 with the baseline and the number of retrainings), the cancellation table, and the
-cluster summary. Missing experiments are skipped with a note.
+cluster summary. Missing experiments are skipped with a note. ``--figures DIR`` also
+writes the README figures (deletion curves titled by experiment, cancellation bars).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 NAMES = {"tracin_layer[word_embedding]": "TR-first (word emb.)", "tracin_layer[conv_0]": "TR-second (conv 0)",
          "tracin_layer[conv_1]": "TR-third (conv 1)", "tracin_layer[conv_2]": "TR-conv 2 (k=1)",
@@ -48,10 +52,36 @@ def cancellation_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+TITLES = {"nooverlap_synthetic": "synthetic, no word overlap", "sst2_cnn": "SST-2, CNN per layer",
+          "sst2_bert_tiny": "SST-2, BERT L2-H128", "sst2_minilm_del": "SST-2, MiniLM-L6"}
+
+
+def write_figures(out: Path, figures: Path) -> None:
+    import shutil
+
+    from tracin_jax.deletion.report import plot_deletion_curves
+
+    figures.mkdir(parents=True, exist_ok=True)
+    for name, title in TITLES.items():
+        path = out / name / "sweep" / "report" / "summary.json"
+        if path.exists():
+            summary = dict(json.loads(path.read_text()), dataset=title)  # CSV runs are named by data.name
+            plot_deletion_curves(summary, figures / f"deletion_{name}.png")
+    for name, src in (("sst2_cnn", out / "sst2_cnn" / "cancellation"),
+                      ("sst2_bert_tiny", out / "sst2_bert_tiny" / "cancellation"),
+                      ("sst2_minilm", out / "sst2_minilm_cancellation")):
+        if (src / "cancellation.png").exists():
+            shutil.copy(src / "cancellation.png", figures / f"cancellation_{name}.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="experiments/out")
-    out = Path(parser.parse_args().out)
+    parser.add_argument("--figures", default=None, help="write the README figures into this directory")
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.figures:
+        write_figures(out, Path(args.figures))
     for name in ("nooverlap_synthetic", "sst2_cnn", "sst2_bert_tiny", "sst2_minilm_del"):
         sweep = out / name / "sweep"
         print(f"\n### {name}\n")
