@@ -12,6 +12,7 @@ def get_config():
     cfg = base_config()
     cfg.name = "sst2_bert_tiny"
     cfg.data.source = "csv"
+    cfg.data.name = "sst2"  # the label reports and sweep tables carry
     cfg.data.files = {"train": "../shared/data/sst2/train.csv", "validation": "../shared/data/sst2/dev.csv"}
     cfg.data.train_split = "train"
     cfg.data.eval_split = "validation"
