@@ -8,8 +8,11 @@ from tracin_jax.kernels.topk import (
     init_topk,
     merge_topk,
     running_topk_update,
+    running_topk_update_host,
     topk_from_scores,
 )
+
+UPDATES = {"jax": running_topk_update, "host": running_topk_update_host}
 
 
 def reference_topk(scores, ids, k, largest):
@@ -34,12 +37,12 @@ def random_candidates(seed, rows=4, count=37):
     return scores, ids
 
 
-def stream(scores, ids, k, largest, seed):
+def stream(scores, ids, k, largest, seed, update=running_topk_update):
     rng = np.random.default_rng(seed)
-    cuts = np.sort(rng.choice(np.arange(1, ids.size), size=4, replace=False))
+    cuts = np.sort(rng.choice(np.arange(1, ids.shape[-1]), size=4, replace=False))
     best = init_topk(scores.shape[0], k, largest)
-    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, ids.size]):
-        best = running_topk_update(*best, scores[:, lo:hi], ids[lo:hi], largest=largest)
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, ids.shape[-1]]):
+        best = update(*best, scores[:, lo:hi], ids[..., lo:hi], largest=largest)
     return best
 
 
@@ -48,14 +51,33 @@ def assert_topk_equal(got, want):
     np.testing.assert_array_equal(np.asarray(got[0]), want[0])
 
 
+@pytest.mark.parametrize("impl", sorted(UPDATES))
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("k", [1, 5, 37, 50])
 @pytest.mark.parametrize("largest", [True, False])
-def test_streaming_equals_full_sort(seed, k, largest):
+def test_streaming_equals_full_sort(seed, k, largest, impl):
     scores, ids = random_candidates(seed)
-    got = stream(scores, ids, k, largest, seed)
+    got = stream(scores, ids, k, largest, seed, UPDATES[impl])
     assert got[0].dtype == jnp.float32 and got[1].dtype == jnp.int32
     assert_topk_equal(got, reference_topk(scores, ids, k, largest))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("largest", [True, False])
+def test_host_update_equals_jax_update_with_per_row_ids_and_non_finite_scores(seed, largest):
+    # Per-row ids [M, N] with -1 holes (candidate restrictions), ±inf and NaN scores, ties.
+    rng = np.random.default_rng(seed)
+    scores, ids = random_candidates(seed, rows=6, count=45)
+    scores[rng.random(scores.shape) < 0.05] = np.inf
+    scores[rng.random(scores.shape) < 0.05] = -np.inf
+    scores[rng.random(scores.shape) < 0.05] = np.nan
+    per_row = np.where(rng.random(scores.shape) < 0.3, -1, np.broadcast_to(ids, scores.shape))
+    for k in (1, 4, 12, 60):
+        want = stream(scores, per_row, k, largest, seed, running_topk_update)
+        got = stream(scores, per_row, k, largest, seed, running_topk_update_host)
+        assert got[0].dtype == np.float32 and got[1].dtype == np.int32
+        np.testing.assert_array_equal(got[1], np.asarray(want[1]))
+        np.testing.assert_array_equal(got[0], np.asarray(want[0]))
 
 
 def test_k_beyond_count_is_padded():
@@ -77,13 +99,17 @@ def test_ties_broken_by_smaller_id():
                       ([[0.0]], [[4]]))
 
 
-def test_padding_ids_are_ignored_and_rank_after_infinite_scores():
+@pytest.mark.parametrize("impl", sorted(UPDATES))
+def test_padding_ids_are_ignored_and_rank_after_infinite_scores(impl):
+    def top(scores, ids, k, largest):
+        return UPDATES[impl](*init_topk(1, k, largest), scores, ids, largest=largest)
+
     scores = np.array([[np.inf, -np.inf, 5.0, -np.inf]], np.float32)
     ids = np.array([-1, 7, -1, 3], np.int32)  # -1 entries are padding even with big scores
-    assert_topk_equal(topk_from_scores(scores, ids, 3, True), ([[-np.inf, -np.inf, -np.inf]], [[3, 7, -1]]))
+    assert_topk_equal(top(scores, ids, 3, True), ([[-np.inf, -np.inf, -np.inf]], [[3, 7, -1]]))
     scores = np.array([[-np.inf, np.inf, -5.0]], np.float32)
     ids = np.array([-1, 8, -1], np.int32)
-    assert_topk_equal(topk_from_scores(scores, ids, 2, False), ([[np.inf, np.inf]], [[8, -1]]))
+    assert_topk_equal(top(scores, ids, 2, False), ([[np.inf, np.inf]], [[8, -1]]))
 
 
 @pytest.mark.parametrize("largest", [True, False])
@@ -112,14 +138,17 @@ def test_jit_equals_eager():
     assert_topk_equal(jitted, (np.asarray(eager[0]), np.asarray(eager[1])))
 
 
-def test_bad_inputs_raise():
-    best = init_topk(3, 4)
+@pytest.mark.parametrize("impl", sorted(UPDATES))
+def test_bad_inputs_raise(impl):
+    best, update = init_topk(3, 4), UPDATES[impl]
     with pytest.raises(ValueError, match=r"new_scores must be \[3, N\]"):
-        running_topk_update(*best, np.zeros((2, 5)), np.arange(5))
+        update(*best, np.zeros((2, 5)), np.arange(5))
     with pytest.raises(ValueError, match="new_ids"):
-        running_topk_update(*best, np.zeros((3, 5)), np.arange(4))
+        update(*best, np.zeros((3, 5)), np.arange(4))
     with pytest.raises(ValueError, match="int32"):
-        running_topk_update(*best, np.zeros((3, 2)), np.array([1, 2**40], np.int64))
+        update(*best, np.zeros((3, 2)), np.array([1, 2**40], np.int64))
+    with pytest.raises(ValueError, match=r"\[M, K\]"):
+        update(best[0], best[1][:, :2], np.zeros((3, 2)), np.arange(2))
     with pytest.raises(ValueError, match="k must be"):
         init_topk(3, 0)
     with pytest.raises(ValueError, match="one M"):

@@ -294,3 +294,35 @@ def test_reader_checks_array_dtypes(store_dir):
     sidecar_file.write_text(json.dumps(sidecar))
     with pytest.raises(CorruptShardError, match="differ"):
         store.verify()
+
+
+def test_unverified_reads_skip_the_checksum_but_never_misdecode(store_dir):
+    """verify=False trusts the bytes (no sha256) but still refuses what is not a stored npz."""
+    store = GradientStore(store_dir)
+    good = next(store.iter_shards(100))
+    assert good["vectors"].flags.writeable and good["token_ids"].flags.writeable
+    target = store_dir / "ckpt_00000100" / "shard_00000.npz"
+    data = bytearray(target.read_bytes())
+    with zipfile.ZipFile(target) as zf:
+        info = zf.getinfo("vectors.npy")
+    flip = info.header_offset + info.FileHeader().__len__() + 200  # inside the float data
+    data[flip] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(CorruptShardError, match="sha256"):
+        next(store.iter_shards(100))
+    unverified = next(store.iter_shards(100, verify=False))
+    assert not np.array_equal(unverified["vectors"], good["vectors"])  # the flipped byte shows
+    data[info.header_offset] ^= 0xFF  # break the member's local header magic
+    target.write_bytes(bytes(data))
+    with pytest.raises(CorruptShardError, match="cannot decode"):
+        next(store.iter_shards(100, verify=False))
+    # A compressed archive (not what the writer makes) is refused, not half-read.
+    with np.load(store_dir / "ckpt_00000100" / "shard_00001.npz", allow_pickle=False) as z:
+        arrays = {n: z[n] for n in z.files}
+    np.savez_compressed(target, **{n: arrays[n][:S] for n in arrays})
+    sidecar_file = target.with_suffix(".json")
+    sidecar = json.loads(sidecar_file.read_text())
+    sidecar.update(sha256=hashlib.sha256(target.read_bytes()).hexdigest(), num_bytes=target.stat().st_size)
+    sidecar_file.write_text(json.dumps(sidecar))
+    with pytest.raises(CorruptShardError, match="compressed"):
+        next(store.iter_shards(100))

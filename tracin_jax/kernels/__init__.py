@@ -24,6 +24,7 @@ from tracin_jax.kernels.topk import (
     init_topk,
     merge_topk,
     running_topk_update,
+    running_topk_update_host,
     topk_from_scores,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "pair_token_contributions_jit",
     "position_norms",
     "running_topk_update",
+    "running_topk_update_host",
     "token_vectors",
     "token_vectors_batch",
     "topk_from_scores",

@@ -6,6 +6,12 @@ opponents), ties broken by the smaller id. Unused slots hold id -1 and score
 -inf (largest) or +inf (smallest) and always rank after real entries. Entries
 whose id is -1 (e.g. the padded rows of a ragged last batch) are ignored.
 Each id must be streamed at most once per row.
+
+Two implementations of the running update share that order exactly:
+``running_topk_update`` (jax: jit-able, runs where the scores live, e.g. inside a
+device program) and ``running_topk_update_host`` (numpy: a partition then a sort
+of the few survivors; for scores already on the host, where XLA's comparator sort
+of every candidate is ~20x slower on CPU — tools/bench_kernel.py).
 """
 from __future__ import annotations
 
@@ -87,6 +93,61 @@ def running_topk_update(
     scores = jnp.concatenate([best_scores.astype(jnp.float32), new_scores.astype(jnp.float32)], -1)
     ids = jnp.concatenate([_as_ids(best_ids), new_ids], axis=-1)
     return _select(scores, ids, k, largest)
+
+
+def running_topk_update_host(best_scores, best_ids, new_scores, new_ids,
+                             largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``running_topk_update`` on the host: same arguments, same order, same result.
+
+    Only new entries that beat or tie a row's current worst kept entry can enter,
+    so they are filtered with one comparison first; the K kept entries and the
+    few survivors are then sorted per row. Once the running top-K has filled, a
+    block of N candidates costs O(M·N) comparisons plus a sort of ~K per row.
+    Returns numpy arrays (scores [M, K] float32, ids [M, K] int32).
+    """
+    best_scores = np.asarray(best_scores, np.float32)
+    best_ids = np.asarray(best_ids)
+    new_scores = np.asarray(new_scores, np.float32)
+    if best_scores.ndim != 2 or best_ids.shape != best_scores.shape:
+        raise ValueError(
+            f"best_scores/best_ids must both be [M, K], got {best_scores.shape} and {best_ids.shape}")
+    num_rows, k = best_scores.shape
+    if new_scores.ndim != 2 or new_scores.shape[0] != num_rows:
+        raise ValueError(f"new_scores must be [{num_rows}, N], got {new_scores.shape}")
+    new_ids = np.asarray(new_ids)
+    if new_ids.shape not in ((new_scores.shape[1],), new_scores.shape):
+        raise ValueError(
+            f"new_ids must be [N] or [M, N] matching new_scores {new_scores.shape}, got {new_ids.shape}")
+    if new_ids.size and (new_ids.max() > _INT32_MAX or new_ids.min() < PAD_ID):
+        raise ValueError(f"ids must lie in [{PAD_ID}, {_INT32_MAX}] to be stored as int32, got "
+                         f"range [{new_ids.min()}, {new_ids.max()}]")
+    fill = _fill_value(largest)
+
+    def sort_key(scores, invalid):  # ascending = best first; -0.0 == 0.0, NaN last (lax.sort)
+        return np.where(invalid, np.float32(np.inf), -scores if largest else scores)
+
+    best_ids = best_ids.astype(np.int32)
+    best_invalid = best_ids == PAD_ID
+    best_key = sort_key(best_scores, best_invalid)
+    # The worst kept key of each row (NaN if any kept key is NaN: then NaN-free entries beat it).
+    worst = best_key.max(axis=1, keepdims=True)
+    new_ids = np.broadcast_to(new_ids.astype(np.int32), new_scores.shape)
+    new_key = sort_key(new_scores, False)
+    rows, cols = np.nonzero((new_ids != PAD_ID) & ((new_key <= worst) | np.isnan(worst)))
+    counts = np.bincount(rows, minlength=num_rows)
+    width = int(counts.max()) if rows.size else 0
+    slot = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    cand_key = np.full((num_rows, k + width), np.inf, np.float32)
+    cand_ids = np.full((num_rows, k + width), PAD_ID, np.int32)
+    cand_scores = np.full((num_rows, k + width), fill, np.float32)
+    cand_key[:, :k], cand_ids[:, :k] = best_key, best_ids
+    cand_scores[:, :k] = np.where(best_invalid, fill, best_scores)
+    cand_key[rows, k + slot] = new_key[rows, cols]
+    cand_ids[rows, k + slot] = new_ids[rows, cols]
+    cand_scores[rows, k + slot] = new_scores[rows, cols]
+    order = np.lexsort((cand_ids, cand_ids == PAD_ID, cand_key), axis=-1)[:, :k]
+    return (np.take_along_axis(cand_scores, order, axis=1),
+            np.take_along_axis(cand_ids, order, axis=1))
 
 
 def topk_from_scores(scores: jax.Array, ids: jax.Array, k: int, largest: bool = True):

@@ -4,8 +4,11 @@ of training examples, streamed from a gradient store.
 ``top_k`` reads the training store one shard at a time (per checkpoint), scores
 the shard against every test point (``Σ_c w_c · method.score_block``, the block
 split over the local devices), and folds it into a running top-k of the largest
-(proponents) and smallest (opponents) scores. Memory: the test store, one
-training shard and the ``[M, k]`` results. The ranking is a total order — score,
+(proponents) and smallest (opponents) scores (``running_topk_update_host``).
+The next shard is read, sha256-checked and decoded in a background thread while
+the current one is scored. Memory: the test store, two training shards (the one
+being scored and the one being read), 8 bytes per training example (position →
+id) and the ``[M, k]`` results. The ranking is a total order — score,
 then the smaller training *position* (row in the store, = dataset order) — so
 streaming, host partitioning (``part=(i, n)``: shards ``s`` with ``s % n == i``,
 merged exactly by ``merge``) and a full sort of ``score_matrix`` give identical
@@ -22,7 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from tracin_jax.kernels import init_topk, merge_topk, running_topk_update
+from tracin_jax.kernels import init_topk, merge_topk, running_topk_update_host
 from tracin_jax.methods.registry import get_method
 from tracin_jax.methods.base import Block, Method
 from tracin_jax.store import GradientStore
@@ -95,12 +98,34 @@ def _read_block(store: GradientStore, step: int, fields, shard_index: int | None
     return block
 
 
+def _prefetched(load, items, depth: int = 1):
+    """``load(item)`` for each item, in order, with the next ``depth`` loads running in a
+    background thread meanwhile: reading, sha256 checking and decoding a shard (which
+    release the GIL) overlap the scoring of the previous one. Memory: depth + 1 results."""
+    items = list(items)
+    if not items:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracin-read") as pool:
+        pending = [pool.submit(load, item) for item in items[:depth + 1]]
+        for i in range(len(items)):
+            result = pending.pop(0).result()
+            if i + depth + 1 < len(items):
+                pending.append(pool.submit(load, items[i + depth + 1]))
+            yield result
+
+
 def _weighted_scores(method: Method, test_blocks: Mapping[int, Block], train_store, weights,
-                     shard_index: int | None, mesh) -> tuple[Block, np.ndarray]:
-    """``Σ_c w_c · method.score_block(test_c, train_c)`` ``[M, n]`` float32 for one shard."""
+                     shard_index: int | None, mesh, blocks=None) -> tuple[Block, np.ndarray]:
+    """``Σ_c w_c · method.score_block(test_c, train_c)`` ``[M, n]`` float32 for one shard.
+
+    ``blocks``: an iterator yielding this shard's block for each of ``weights`` in order
+    (prefetched); default: read them here."""
     total, block = None, None
     for w in weights:
-        block = _read_block(train_store, w.step, method.read_fields(), shard_index)
+        block = (next(blocks) if blocks is not None
+                 else _read_block(train_store, w.step, method.read_fields(), shard_index))
         scores = np.asarray(method.score_block(test_blocks[w.step], block, w.step, mesh), np.float32)
         expected = (len(next(iter(test_blocks.values()))["position"]), len(block["position"]))
         if scores.shape != expected:
@@ -185,27 +210,29 @@ def top_k(method: str | Method, test_store: GradientStore, train_store: Gradient
     test_ids = first["example_id"].astype(np.int64)
     restriction = _candidate_ids(test_ids, candidates, per_test_candidates)
     num_test = len(test_ids)
-    best = {kind: init_topk(num_test, k, _largest(kind)) for kind in KINDS}
-    example_ids: dict[int, int] = {}
+    best = {kind: tuple(np.asarray(x) for x in init_topk(num_test, k, _largest(kind))) for kind in KINDS}
+    # Training example id of every store position seen (8 bytes per example).
+    position_ids = np.full(train_store.num_examples, -1, np.int64)
     shards = _shards_of_part(train_store.num_shards, part)
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(shards), desc=f"score[{method.name}]", unit="shard", dynamic_ncols=True)
+    fields = method.read_fields()
+    blocks = _prefetched(lambda item: _read_block(train_store, item[1], fields, item[0]),
+                         [(shard, w.step) for shard in shards for w in weights])
     for shard in shards:
-        block, scores = _weighted_scores(method, test_blocks, train_store, weights, shard, mesh)
+        block, scores = _weighted_scores(method, test_blocks, train_store, weights, shard, mesh,
+                                         blocks=blocks)
+        position_ids[block["position"]] = block["example_id"]
         ids = _candidate_positions(restriction, block["example_id"], block["position"], num_test)
         for kind in KINDS:
-            best[kind] = running_topk_update(*best[kind], scores, ids, _largest(kind))
-        kept = {int(p) for kind in KINDS for p in np.asarray(best[kind][1]).ravel() if p >= 0}
-        example_ids = {p: e for p, e in example_ids.items() if p in kept}
-        example_ids.update({int(p): int(e) for p, e in zip(block["position"], block["example_id"])
-                            if int(p) in kept})
+            best[kind] = running_topk_update_host(*best[kind], scores, ids, _largest(kind))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    rankings = {kind: _ranking(best[kind], example_ids) for kind in KINDS}
+    rankings = {kind: _ranking(best[kind], position_ids) for kind in KINDS}
     result = Retrieval(method=method.name, k=k, test_ids=test_ids,
                        test_labels=first["label"].astype(np.int32), **rankings)
     if part is None and gather and jax.process_count() > 1:
@@ -213,11 +240,17 @@ def top_k(method: str | Method, test_store: GradientStore, train_store: Gradient
     return result
 
 
-def _ranking(best, example_ids: Mapping[int, int]) -> Ranking:
+def _ranking(best, example_ids: Mapping[int, int] | np.ndarray) -> Ranking:
+    """``best`` (scores, positions) with positions mapped to example ids (-1 stays -1)
+    through a ``{position: id}`` mapping or an array indexed by position."""
     scores, positions = (np.asarray(x) for x in best)
     positions = positions.astype(np.int64)
-    ids = np.vectorize(lambda p: example_ids.get(int(p), -1), otypes=[np.int64])(positions) \
-        if positions.size else positions.copy()
+    if isinstance(example_ids, np.ndarray):
+        ids = np.where(positions >= 0, example_ids[np.maximum(positions, 0)], -1) \
+            if example_ids.size else np.full_like(positions, -1)
+    else:
+        ids = np.vectorize(lambda p: example_ids.get(int(p), -1), otypes=[np.int64])(positions) \
+            if positions.size else positions.copy()
     return Ranking(positions=positions, ids=ids, scores=scores.astype(np.float32))
 
 

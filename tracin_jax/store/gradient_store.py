@@ -177,6 +177,53 @@ def _write_npz(f, arrays: Mapping[str, np.ndarray]) -> None:
                                           allow_pickle=False)
 
 
+_LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
+
+
+def _decode_npz(data: bytearray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Arrays of an uncompressed `.npz` held in memory, as views of `data` (no copy).
+
+    The bytes were just checked against the sidecar's sha256, so the members' zip
+    CRC32 (which `np.load` recomputes) is not checked again. Compressed members,
+    object arrays and malformed headers raise (never unpickled).
+    """
+    view = memoryview(data)
+    with zipfile.ZipFile(io.BytesIO(view)) as archive:
+        infos = {i.filename: i for i in archive.infolist()}
+    out = {}
+    for name in names:
+        info = infos.get(name + ".npy")
+        if info is None:
+            raise KeyError(f"{name} is not a member of the archive")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(f"member {info.filename} is compressed; the store writes stored members")
+        at = info.header_offset
+        local = bytes(view[at:at + _LOCAL_HEADER])
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError(f"bad local header for member {info.filename}")
+        start = at + _LOCAL_HEADER + int.from_bytes(local[26:28], "little") + \
+            int.from_bytes(local[28:30], "little")
+        header = io.BytesIO(bytes(view[start:start + min(info.file_size, 1 << 16)]))
+        version = np.lib.format.read_magic(header)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
+        else:  # rare format versions: numpy's own reader (copies), still without pickle
+            with np.load(io.BytesIO(view), allow_pickle=False) as z:
+                out[name] = z[name]
+            continue
+        if dtype.hasobject:
+            raise ValueError(f"member {info.filename} holds objects; refusing to unpickle")
+        count = math.prod(shape)
+        offset = start + header.tell()
+        if offset + count * dtype.itemsize > start + info.file_size:
+            raise ValueError(f"member {info.filename} is shorter than its header says")
+        array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+        out[name] = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+    return out
+
+
 # ----------------------------------------------------------------------------- dtypes
 
 def _dtype_name(dtype: np.dtype) -> str:
@@ -238,13 +285,13 @@ def _check_core_dtypes(schema: Schema, store_dtype: str, where: Path) -> None:
 
 
 def _verify_shard(directory: Path, step: int, shard_index: int, shard_size: int,
-                  num_examples: int, *, read: bool = False,
-                  expected_fields: Schema | None = None) -> tuple[dict, bytes | None]:
+                  num_examples: int, *, read: bool = False, check: bool = True,
+                  expected_fields: Schema | None = None) -> tuple[dict, bytearray | None]:
     """Check one shard against its sidecar; return (sidecar, file bytes if `read`).
 
     Raises `CorruptShardError` naming the file when the sidecar or shard is missing,
-    unreadable, of the wrong size, covers the wrong positions, fails sha256, or (given
-    `expected_fields`) records a different schema.
+    unreadable, of the wrong size, covers the wrong positions, fails sha256 (only
+    with `check`), or (given `expected_fields`) records a different schema.
     """
     npz, side = shard_path(directory, step, shard_index), sidecar_path(directory, step, shard_index)
     if not side.exists():
@@ -267,10 +314,13 @@ def _verify_shard(directory: Path, step: int, shard_index: int, shard_size: int,
         raise CorruptShardError(npz, f"file has {size} bytes, sidecar says {expected_bytes} "
                                      "(truncated or overwritten)")
     if read:
-        data = npz.read_bytes()
-        actual = hashlib.sha256(data).hexdigest()
+        data = bytearray(size)  # writable: the decoded arrays are views of it
+        with open(npz, "rb") as f:
+            if f.readinto(data) != size:
+                raise CorruptShardError(npz, "file shrank while it was read")
+        actual = hashlib.sha256(data).hexdigest() if check else expected_sha
     else:
-        data, actual = None, _sha256_file(npz)
+        data, actual = None, (_sha256_file(npz) if check else expected_sha)
     if actual != expected_sha:
         raise CorruptShardError(npz, f"sha256 {actual} does not match sidecar {expected_sha}")
     sidecar["fields"] = fields
@@ -546,7 +596,9 @@ class GradientStore:
         """Yield `{field: array [records, ...]}` for each shard, in dataset order.
 
         Only one shard is held in memory at a time; `fields` selects a subset of
-        arrays. With `verify`, each shard's sha256 is checked before it is decoded.
+        arrays. With `verify`, each shard's sha256 is checked before it is decoded;
+        without, only its sidecar, size and schema. The file is read once; the arrays
+        are (writable) views of that buffer, with no second copy.
         """
         self._check_step(step)
         indices = range(self.num_shards) if shard_indices is None else shard_indices
@@ -555,7 +607,7 @@ class GradientStore:
                 raise ValueError(f"shard index {i} out of range [0, {self.num_shards})")
             npz = shard_path(self.directory, step, i)
             sidecar, data = _verify_shard(self.directory, step, i, self.shard_size,
-                                          self.num_examples, read=verify,
+                                          self.num_examples, read=True, check=verify,
                                           expected_fields=self.fields)
             schema = sidecar["fields"]
             _check_core_dtypes(schema, self.dtype, npz)
@@ -563,10 +615,8 @@ class GradientStore:
             unknown = sorted(set(names) - set(schema))
             if unknown:
                 raise ValueError(f"unknown fields {unknown}; store has {sorted(schema)}")
-            source = io.BytesIO(data) if data is not None else npz
             try:
-                with np.load(source, allow_pickle=False) as archive:
-                    shard = {n: _from_disk(archive[n], schema[n][1]) for n in names}
+                shard = {n: _from_disk(a, schema[n][1]) for n, a in _decode_npz(data, names).items()}
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
                 raise CorruptShardError(npz, f"cannot decode ({e})") from e
             for n, array in shard.items():
