@@ -95,6 +95,16 @@ def test_tracin_layer_classifier_kernel_only_equals_tracin_last(world):
                              context=world.context).scores
     bias_term = sum(lr * test.load(s)["p_minus_y"] @ train.load(s)["p_minus_y"].T for s, lr in CHECKPOINTS)
     _allclose(with_bias - layer, bias_term)
+    # The "+bias" name (used in sweeps, paper sec. 3.2) is the same method under its own name.
+    named = get_method("tracin_layer[classifier]+bias")
+    assert named.name == "tracin_layer[classifier]+bias" and named.include_bias
+    _allclose(score_matrix(named, test, train, context=world.context).scores, with_bias)
+    assert get_method("tracin_all+bias").name == "tracin_all+bias"
+    for bad in ("tracin_last+bias", "tracin_we+bias"):
+        with pytest.raises(ValueError, match="tracin_all and tracin_layer"):
+            get_method(bad)
+    with pytest.raises(ValueError, match="already includes"):
+        get_method("tracin_all+bias", include_bias=True)
 
 
 def test_tracin_layer_word_embedding_equals_tracin_we(world):

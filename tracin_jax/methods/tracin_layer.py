@@ -33,7 +33,8 @@ class TracInLayer(Method):
         self.groups = None if groups is None else [str(g) for g in groups]
         self.include_bias = bool(include_bias)
         self.chunk_size = chunk_size
-        self.name = "tracin_all" if self.groups is None else f"tracin_layer[{','.join(self.groups)}]"
+        self.name = ("tracin_all" if self.groups is None else f"tracin_layer[{','.join(self.groups)}]") \
+            + ("+bias" if self.include_bias else "")
         self.context = None
         self._engines: dict = {}
         self._test_grads: dict = {}
