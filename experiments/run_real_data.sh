@@ -40,5 +40,19 @@ $TJ analyze clusters --run experiments/out/sst2_cnn/run --models 5 --out experim
 $TJ analyze clusters --run experiments/out/sst2_cnn/run --models 5 --epochs 2 \
   --out experiments/out/sst2_cnn_clusters_es2 --no-progress
 
+# 7. Sec. 3.2, bias vs no bias: TracIn on every weight (tracin_all) against the same with
+#    the biases counted (tracin_all+bias) on the SST-2 CNN run of step 2 (re-plans step 2's
+#    sweep with one more method: only the new retrainings run). ~25 min
+$PY experiments/deletion.py --run experiments/out/sst2_cnn/run --out experiments/out/sst2_cnn \
+  --methods "tracin_layer[word_embedding],tracin_layer[conv_0],tracin_layer[conv_1],tracin_layer[conv_2],tracin_layer[classifier],tracin_all,random,tracin_all+bias" \
+  --config.test_points.per_class=2 "--config.sweep.k_grid=(20, 50)" "--config.sweep.seeds=(0, 1)"
+
+# 8. SST-2 on the 2-layer BERT with 10 test points (5 per class), k = 10, 30, 50: the six
+#    methods of Table 4 and the random control (two epochs: dev accuracy 0.76 as with three). ~2 h
+$PY experiments/deletion.py --config configs/sst2_bert_tiny.py --out experiments/out/sst2_bert_tiny_10pt \
+  --methods tracin_we_topk,tracin_we,tracin_last,tracin_tfidf,influence_last,representer,random \
+  --config.train.epochs=2 --config.train.checkpoint_every_epochs=0 --config.train.checkpoint_every_steps=104 \
+  --config.test_points.per_class=5 "--config.sweep.k_grid=(10, 30, 50)" "--config.sweep.seeds=(0,)"
+
 # Tables for README and its figures (docs/figures).
 $PY experiments/summarize.py --figures docs/figures

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 NAMES = {"tracin_layer[word_embedding]": "TR-first (word emb.)", "tracin_layer[conv_0]": "TR-second (conv 0)",
          "tracin_layer[conv_1]": "TR-third (conv 1)", "tracin_layer[conv_2]": "TR-conv 2 (k=1)",
          "tracin_layer[classifier]": "TR-last (dense)", "tracin_all": "TR-all",
+         "tracin_all+bias": "TR-all + bias",
          "tracin_we_topk": "TR-WE-topk", "tracin_we": "TR-WE", "tracin_last": "TR-last",
          "tracin_tfidf": "TR-TFIDF", "influence_last": "Inf-Last", "representer": "Rep",
          "tracin_we_noc": "TR-WE-NoC", "tracin_common": "TR-common"}
@@ -53,7 +54,8 @@ def cancellation_table(path: Path) -> str:
 
 
 TITLES = {"nooverlap_synthetic": "synthetic, no word overlap", "sst2_cnn": "SST-2, CNN per layer",
-          "sst2_bert_tiny": "SST-2, BERT L2-H128", "sst2_minilm_del": "SST-2, MiniLM-L6"}
+          "sst2_bert_tiny": "SST-2, BERT L2-H128", "sst2_minilm_del": "SST-2, MiniLM-L6",
+          "sst2_bert_tiny_10pt": "SST-2, BERT L2-H128, 10 test points"}
 
 
 def write_figures(out: Path, figures: Path) -> None:
@@ -82,7 +84,7 @@ def main() -> None:
     out = Path(args.out)
     if args.figures:
         write_figures(out, Path(args.figures))
-    for name in ("nooverlap_synthetic", "sst2_cnn", "sst2_bert_tiny", "sst2_minilm_del"):
+    for name in ("nooverlap_synthetic", "sst2_cnn", "sst2_bert_tiny", "sst2_bert_tiny_10pt", "sst2_minilm_del"):
         sweep = out / name / "sweep"
         print(f"\n### {name}\n")
         if (sweep / "report" / "summary.json").exists():

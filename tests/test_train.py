@@ -108,6 +108,16 @@ def test_resume_with_changed_config_is_refused(tmp_path):
     train(tiny_config(**{"train.epochs": 1}), tmp_path, progress=False)
     with pytest.raises(ValueError, match="different configuration"):
         train(tiny_config(**{"train.epochs": 1, "train.lr": 1e-2}), tmp_path, progress=False)
+    # A run written before a config key existed still loads: the key takes its default.
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["train"]["freeze_word_embeddings"]
+    path.write_text(json.dumps(saved))
+    assert load_run(tmp_path).cfg.train.freeze_word_embeddings is False
+    saved["train"]["lr"] = 1e-2  # a real difference is still refused
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="different configuration"):
+        prepare_run(tiny_config(**{"train.epochs": 1}), tmp_path)
 
 
 def test_frozen_word_embeddings_do_not_move(tmp_path):

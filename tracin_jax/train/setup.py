@@ -61,7 +61,8 @@ def prepare_run(cfg: ml_collections.ConfigDict, workdir: str | Path | None = Non
 
     tok_cfg = _tokenizer_config(cfg, workdir)
     tokenizer = load_tokenizer(tok_cfg, corpus=list(texts["train"].texts) + list(texts["train"].text_pairs or ()))
-    if workdir is not None and cfg.tokenizer.kind == "word":
+    if workdir is not None and cfg.tokenizer.kind == "word" and tok_cfg.get("path") != str(
+            workdir / TOKENIZER_DIR):  # built now; a saved one is only read (many processes may)
         tokenizer.save(workdir / TOKENIZER_DIR)
     max_length = int(cfg.tokenizer.max_length)
     train_enc = encode_dataset(texts["train"], tokenizer, max_length)
@@ -94,10 +95,14 @@ def prepare_run(cfg: ml_collections.ConfigDict, workdir: str | Path | None = Non
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / CONFIG_FILE
         text = config_lib.to_json(cfg)
-        if path.exists() and _train_relevant(json.loads(path.read_text())) != _train_relevant(json.loads(text)):
+        # The saved config is read through from_json, so a key added to the code since the
+        # run was written takes its default (new keys must default to the old behaviour).
+        if path.exists() and _train_relevant(json.loads(config_lib.to_json(config_lib.from_json(
+                path.read_text())))) != _train_relevant(json.loads(text)):
             raise ValueError(f"{path} was written by a different configuration; use a new workdir "
                              "(or delete it) instead of resuming with changed settings")
-        path.write_text(text)
+        if not path.exists() or path.read_text() != text:  # load_run on many hosts: read-only
+            path.write_text(text)
     return RunSetup(cfg=cfg, texts=texts, tokenizer=tokenizer, train=train_enc, eval=eval_enc,
                     model=model, params=params, extras=extras)
 
