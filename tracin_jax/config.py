@@ -1,8 +1,9 @@
 """Experiment configuration: one ``ml_collections.ConfigDict`` per run.
 
 ``configs/NAME.py`` files define ``get_config()`` returning ``base_config()`` with
-overrides. Every field can be overridden on the command line as
-``--config.train.lr=1e-3`` (see :func:`apply_overrides`).
+overrides, the blocks several configs share set by the ``use_*`` helpers below (a
+dataset, a model, the paper's optimizer). Every field can be overridden on the command
+line as ``--config.train.lr=1e-3`` (see :func:`apply_overrides`).
 """
 from __future__ import annotations
 
@@ -119,6 +120,121 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.sweep.fix.methods = ("tracin_we_topk", "tracin_last")
     cfg.sweep.fix.kinds = ("remove", "pad")  # (a) remove top-k opponents, (b) [PAD] their worst token
     cfg.sweep.fix.seed = 0
+    return cfg
+
+
+# ----------------------------------------------------------------------------- config blocks
+# Blocks of fields that several configs/*.py share. Each helper sets one block on ``cfg``
+# in place (and returns it). Values that differ between experiments are required keyword
+# arguments, so a config file still says which dataset, model and optimizer it uses; only
+# what is fixed by the dataset's files or by the paper is filled in here.
+
+SST2_CSV_FILES = {"train": "../shared/data/sst2/train.csv", "validation": "../shared/data/sst2/dev.csv"}
+
+
+def use_tfds(cfg: ml_collections.ConfigDict, name: str, *, train_split: str, eval_split: str,
+             text_field: str, label_field: str, max_train: int | None, max_eval: int | None,
+             pair_field: str | None = None) -> ml_collections.ConfigDict:
+    """Data from the TFDS dataset ``name`` (``data.source = 'tfds'``).
+
+    ``max_train`` / ``max_eval``: rows subsampled from each split (None: all);
+    ``pair_field``: the second text segment of sentence-pair tasks (MNLI's hypothesis).
+    """
+    cfg.data.source = "tfds"
+    cfg.data.name = name
+    cfg.data.train_split = train_split
+    cfg.data.eval_split = eval_split
+    cfg.data.text_field = text_field
+    cfg.data.pair_field = pair_field
+    cfg.data.label_field = label_field
+    cfg.data.max_train = max_train
+    cfg.data.max_eval = max_eval
+    return cfg
+
+
+def use_sst2_csv(cfg: ml_collections.ConfigDict, *, max_train: int | None) -> ml_collections.ConfigDict:
+    """SST-2 (GLUE) from the CSV files in ``../shared/data/sst2`` (:data:`SST2_CSV_FILES`).
+
+    Columns ``text`` / ``label``; labels ``('negative', 'positive')``; ``train.csv`` is the
+    train split (first ``max_train`` rows kept, None: all), the whole ``dev.csv`` the eval
+    split ``validation``. ``data.name = 'sst2'`` is the label reports and sweep tables carry.
+    """
+    cfg.data.source = "csv"
+    cfg.data.name = "sst2"
+    cfg.data.files = dict(SST2_CSV_FILES)
+    cfg.data.train_split = "train"
+    cfg.data.eval_split = "validation"
+    cfg.data.text_field = "text"
+    cfg.data.label_field = "label"
+    cfg.data.label_names = ("negative", "positive")
+    cfg.data.max_train = max_train
+    cfg.data.max_eval = None
+    return cfg
+
+
+def use_hf_checkpoint(cfg: ml_collections.ConfigDict, kind: str, hf_dir: str) -> ml_collections.ConfigDict:
+    """A pretrained Hugging Face checkpoint directory ``hf_dir`` as the model.
+
+    ``kind`` ('bert' | 'roberta') is both the model and the tokenizer kind; the tokenizer
+    is read from ``hf_dir`` too unless ``tokenizer.path`` is set. The architecture (sizes,
+    vocabulary) comes from the checkpoint's own config, not from ``cfg.model``.
+    """
+    cfg.tokenizer.kind = kind
+    cfg.model.kind = kind
+    cfg.model.hf_dir = hf_dir
+    return cfg
+
+
+def use_bert_from_scratch(cfg: ml_collections.ConfigDict, *, hidden_size: int, num_hidden_layers: int,
+                          num_attention_heads: int, intermediate_size: int,
+                          max_position_embeddings: int, dropout: float) -> ml_collections.ConfigDict:
+    """A randomly initialised BERT of the given shape (no ``hf_dir``).
+
+    ``dropout`` sets both ``hidden_dropout_prob`` and ``attention_probs_dropout_prob``.
+    The tokenizer is left to the config (``tokenizer.kind`` / ``tokenizer.path``).
+    """
+    cfg.model.kind = "bert"
+    cfg.model.hidden_size = hidden_size
+    cfg.model.num_hidden_layers = num_hidden_layers
+    cfg.model.num_attention_heads = num_attention_heads
+    cfg.model.intermediate_size = intermediate_size
+    cfg.model.max_position_embeddings = max_position_embeddings
+    cfg.model.hidden_dropout_prob = dropout
+    cfg.model.attention_probs_dropout_prob = dropout
+    return cfg
+
+
+def use_cnn(cfg: ml_collections.ConfigDict, *, vocab_size: int, min_freq: int, embed_dim: int, filters: int,
+            kernel_sizes: tuple[int, ...], dropout_rate: float) -> ml_collections.ConfigDict:
+    """The paper's text CNN (sec. 3.2 / Table 1), randomly initialised, over a word vocabulary.
+
+    Embedding ``embed_dim``, one conv1d of ``filters`` filters per entry of ``kernel_sizes``
+    (the paper: (5, 5, 1)), global max pool, dense. The word vocabulary is built from the
+    training split: at most ``vocab_size`` words seen at least ``min_freq`` times.
+    """
+    cfg.tokenizer.kind = "word"
+    cfg.tokenizer.vocab_size = vocab_size
+    cfg.tokenizer.min_freq = min_freq
+    cfg.model.kind = "cnn"
+    cfg.model.embed_dim = embed_dim
+    cfg.model.filters = filters
+    cfg.model.kernel_sizes = tuple(kernel_sizes)
+    cfg.model.dropout_rate = dropout_rate
+    return cfg
+
+
+def use_paper_sgd(cfg: ml_collections.ConfigDict, *, lr: float, epochs: int, batch_size: int,
+                  checkpoint_every_epochs: int) -> ml_collections.ConfigDict:
+    """The paper's training (sec. 5 / appendix K): SGD with momentum 0.9.
+
+    The learning-rate schedule stays ``base_config``'s (constant, no warmup, no weight decay).
+    """
+    cfg.train.optimizer = "sgd"
+    cfg.train.momentum = 0.9
+    cfg.train.lr = lr
+    cfg.train.epochs = epochs
+    cfg.train.batch_size = batch_size
+    cfg.train.checkpoint_every_epochs = checkpoint_every_epochs
     return cfg
 
 
