@@ -88,3 +88,20 @@ def test_cli_grads(run_dir, tmp_path, capsys):
     with pytest.raises(ValueError, match="not found"):
         cli.main(["grads", "--run", str(run_dir), "--checkpoints", "7", "--out", str(tmp_path / "h"),
                   "--no-progress"])
+
+
+def test_cli_grads_param_groups_same_pass(run_dir, tmp_path, capsys):
+    """--param-groups stores per-example group gradients; for the classifier they are
+    known in closed form: d loss / d kernel = a(x) (p - y)^T, d loss / d bias = p - y."""
+    rc = cli.main(["grads", "--run", str(run_dir), "--split", "test", "--checkpoints", "32",
+                   "--k", "3", "--param-groups", "classifier", "--include-bias",
+                   "--out", str(tmp_path / "g"), "--no-progress"])
+    assert rc == 0
+    store = GradientStore(tmp_path / "g")
+    assert store.manifest["model_info"]["param_paths"] == ["classifier/bias", "classifier/kernel"]
+    rec = store.load(32)
+    a, pmy = rec["features"], rec["p_minus_y"]
+    assert rec["param_grads"].shape == (len(a), pmy.shape[1] * (1 + a.shape[1]))
+    np.testing.assert_allclose(rec["param_grads"][:, :pmy.shape[1]], pmy, rtol=1e-5, atol=1e-7)
+    kernel = np.einsum("bh,bc->bhc", a, pmy).reshape(len(a), -1)
+    np.testing.assert_allclose(rec["param_grads"][:, pmy.shape[1]:], kernel, rtol=1e-5, atol=1e-7)

@@ -64,7 +64,8 @@ def cmd_grads(args, overrides) -> int:
         target = out if "," not in args.split else out / split
         store = run_gradients(args.run, split, target, steps=args.checkpoints, k=args.k,
                               topk_by=args.topk_by, dtype=args.dtype, shard_size=args.shard_size,
-                              batch_size=args.batch_size, progress=not args.no_progress)
+                              batch_size=args.batch_size, progress=not args.no_progress,
+                              param_groups=args.param_groups, include_bias=args.include_bias)
         print(json.dumps({"store": str(target), "split": split, "examples": store.num_examples,
                           "checkpoints": [{"step": c.step, "learning_rate": c.learning_rate}
                                           for c in store.checkpoints]}))
@@ -209,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"))
     p.add_argument("--shard-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--param-groups", default=None,
+                   help="also store per-example gradients of these parameter groups (comma-separated, "
+                        "or 'all') from the same pass, as the field param_grads")
+    p.add_argument("--include-bias", action="store_true", help="with --param-groups: keep biases")
     p.add_argument("--out", required=True, help="store directory (resumes if it exists)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_grads)

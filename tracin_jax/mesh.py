@@ -21,19 +21,40 @@ log = logging.getLogger(__name__)
 def initialize_distributed() -> None:
     """Calls ``jax.distributed.initialize()`` when running as a multi-process job.
 
-    Detected from the environment variables JAX reads (coordinator address, or a
-    cluster such as SLURM / TPU pod / Kubernetes that JAX auto-detects). A no-op
-    for a single process, and safe to call twice.
+    Detected from the environment: a cluster that JAX auto-detects (SLURM with more
+    than one task, a TPU pod, Open MPI, Kubernetes), or an explicit
+    ``JAX_COORDINATOR_ADDRESS=host:port``. For a hand-launched job (no cluster
+    manager) also set ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (0..N-1) in each
+    process; JAX itself reads only the address, so without them it would have to
+    detect a cluster. A no-op for a single process, and safe to call twice.
     """
     if jax.distributed.is_initialized():
         return
-    multi = any(
+    num_processes = _env_int("JAX_NUM_PROCESSES")
+    process_id = _env_int("JAX_PROCESS_ID")
+    if (num_processes is None) != (process_id is None):
+        raise ValueError("set both JAX_NUM_PROCESSES and JAX_PROCESS_ID, or neither")
+    if num_processes == 1:
+        return
+    multi = num_processes is not None or any(
         os.environ.get(v)
         for v in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES")
     ) or int(os.environ.get("SLURM_NTASKS", "1")) > 1
     if multi:
-        jax.distributed.initialize()
+        if num_processes is not None and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+            raise ValueError("JAX_NUM_PROCESSES/JAX_PROCESS_ID need JAX_COORDINATOR_ADDRESS=host:port")
+        jax.distributed.initialize(num_processes=num_processes, process_id=process_id)
         log.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

@@ -59,9 +59,16 @@ def model_info(setup: RunSetup) -> dict:
 
 def run_gradients(run_dir: str | Path, split: str, out_dir: str | Path, *, steps=None, k=None,
                   topk_by=None, dtype=None, shard_size=None, batch_size=None, progress=True,
-                  setup: RunSetup | None = None):
-    """``tracin-jax grads``: gradient store of one split over a run's checkpoints."""
+                  setup: RunSetup | None = None, param_groups=None, include_bias: bool = False,
+                  micro_batch: int | None = None):
+    """``tracin-jax grads``: gradient store of one split over a run's checkpoints.
+
+    ``param_groups``: names of ``models.parameter_groups`` (or ``"all"``) whose
+    per-example gradients are stored too (field ``param_grads``, same pass; biases
+    only with ``include_bias``). ``micro_batch``: rows per device per step.
+    """
     from tracin_jax.grads import extract_gradients, parse_steps
+    from tracin_jax.grads.param_grads import group_paths
 
     run_dir = Path(run_dir)
     setup = setup or load_run(run_dir)
@@ -74,11 +81,18 @@ def run_gradients(run_dir: str | Path, split: str, out_dir: str | Path, *, steps
     ex = split_examples(setup, split)
     k = g.k if k is None else k
     k = None if str(k).lower() in ("0", "none", "all") else int(k)
+    if isinstance(param_groups, str):
+        param_groups = [g.strip() for g in param_groups.split(",") if g.strip()]
+    paths = None
+    if param_groups:
+        names = None if list(param_groups) == ["all"] else list(param_groups)
+        paths = group_paths(setup.params, names, include_bias)
     store = extract_gradients(
         setup.model, [(s, infos[s]) for s in chosen], ckpts.restore_params, ex.encoded, out_dir,
         fingerprint=ex.texts.fingerprint(), split=split, model_info=model_info(setup),
         vocab_size=int(setup.cfg.model.vocab_size), k=k, topk_by=topk_by or g.topk_by,
         dtype=dtype or g.dtype, shard_size=int(shard_size or g.shard_size),
-        batch_size=int(batch_size or g.batch_size), mode=g.mode, progress=progress)
+        batch_size=int(batch_size or g.batch_size), mode=g.mode, progress=progress,
+        param_paths=paths, micro_batch=micro_batch)
     ckpts.close()
     return store

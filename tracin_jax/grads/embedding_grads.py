@@ -12,6 +12,20 @@ One forward/backward yields everything the store records: per-token vectors
 (segment sums, optionally top-k), the classifier input a(x), p - y, the loss, the
 prediction and per-position gradient norms.
 
+Parameter groups in the same pass: with ``param_paths`` (parameter paths, e.g.
+``grads.param_grads.group_paths(params, ["layer_0", "classifier"])``) the same
+``vmap(grad)`` differentiates jointly w.r.t. the word-embedding inputs and the
+parameters at those paths (the others closed over), so ``∂ℓ(x)/∂W`` costs no second
+forward/backward. The result ``param_grads [B, P]`` (float32, leaves in path order,
+each flattened row-major: the layout of ``grads.param_grads``) equals, up to float
+rounding, the separate pass ``ParamGradients.grads`` (tests/test_grads_param_groups.py). A group holding the word-embedding
+table gets its full gradient (the lookup is inside the differentiated function).
+Memory: the per-example gradients of one micro-batch (``micro_batch`` rows, the
+chunk) are formed at a time, ``micro_batch · P`` floats; with ``param_paths`` the
+default chunk is capped at ``PARAM_CHUNK_ELEMENTS // P`` rows. The returned
+``[B, P]`` itself grows with the batch: pick the batch (or call per chunk of rows)
+to fit. Requires ``mode="vmap"`` (the gradient of a summed loss is not per example).
+
 Performance: on CPU the per-device batch is processed in micro-batches of about
 ``CPU_MICRO_BATCH_TOKENS`` tokens (``jax.lax.map``), so activations stay in cache;
 this makes the whole step 1.5-1.9x faster than one [B, L] pass (tools/bench_grads.py).
@@ -26,6 +40,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 from jax.sharding import Mesh, PartitionSpec as P
 
 from tracin_jax.kernels import position_norms, token_vectors_batch
@@ -35,6 +50,9 @@ BATCH_FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 # CPU micro-batch size in tokens (B_micro * L): 4 x 128 tokens keeps the largest
 # activation of BERT L2-L12 within the caches; measured best of 128..4096.
 CPU_MICRO_BATCH_TOKENS = 512
+# With parameter groups: at most this many per-example gradient floats per chunk
+# (2**24 = 64 MiB in float32), the bound grads.param_grads uses.
+PARAM_CHUNK_ELEMENTS = 2**24
 
 
 def default_micro_batch(batch_size: int, seq_len: int, backend: str | None = None) -> int:
@@ -55,14 +73,23 @@ def _check_micro_batch(micro_batch) -> None:
         raise ValueError(f"micro_batch must be None or a positive int, got {micro_batch!r}")
 
 
-def _in_micro_batches(fn: Callable, arrays: dict, micro_batch: int | None):
+def _param_chunk(batch_size: int, size: int, num_params: int) -> int:
+    """Largest divisor of ``batch_size`` <= ``size`` keeping ``rows · num_params`` bounded."""
+    cap = max(1, min(size, PARAM_CHUNK_ELEMENTS // max(num_params, 1)))
+    return max(d for d in range(1, min(cap, batch_size) + 1) if batch_size % d == 0)
+
+
+def _in_micro_batches(fn: Callable, arrays: dict, micro_batch: int | None, num_params: int = 0):
     """``fn(arrays)`` computed ``micro_batch`` rows at a time (``lax.map``) and re-joined.
 
     ``fn`` maps a dict of [b, ...] arrays to a pytree of [b, ...] arrays, row by row
-    independent. ``micro_batch`` must divide the batch; None = ``default_micro_batch``.
+    independent. ``micro_batch`` must divide the batch; None = ``default_micro_batch``,
+    capped by ``PARAM_CHUNK_ELEMENTS // num_params`` when parameter gradients are formed.
     """
     batch_size, seq_len = arrays["input_ids"].shape
     size = default_micro_batch(batch_size, seq_len) if micro_batch is None else micro_batch
+    if micro_batch is None and num_params:
+        size = _param_chunk(batch_size, size, num_params)
     if size >= batch_size:
         return fn(arrays)
     if batch_size % size:
@@ -73,25 +100,41 @@ def _in_micro_batches(fn: Callable, arrays: dict, micro_batch: int | None):
 
 
 def per_example_outputs(model, params, input_ids, attention_mask, token_type_ids, labels, *,
-                        mode: str = "vmap", micro_batch: int | None = None):
+                        mode: str = "vmap", micro_batch: int | None = None, param_paths=None):
     """Position gradients and side outputs for one (local) batch.
 
     Args: ``input_ids, attention_mask, token_type_ids: [B, L]``, ``labels: [B]``.
     Returns dict with ``position_grads [B, L, D]`` (float32, zero at pad positions),
-    ``features [B, H]``, ``logits [B, C]``, ``loss [B]``.
+    ``features [B, H]``, ``logits [B, C]``, ``loss [B]``, and with ``param_paths``
+    also ``param_grads [B, P]`` (per-example ``∂ℓ/∂W`` of those parameters, same pass;
+    see the module docstring).
     ``mode="vmap"``: vmap(grad(per-example loss)); ``mode="sum"``: grad of the summed
     loss w.r.t. the batched embeddings. They are equal because examples do not
     interact (no batch norm; a test checks it).
-    ``micro_batch``: rows per ``lax.map`` step (a divisor of B); None picks
-    ``default_micro_batch`` (whole batch on accelerators, ~512 tokens on CPU).
+    ``micro_batch``: rows per ``lax.map`` step (a divisor of B), the chunk; None picks
+    ``default_micro_batch`` (whole batch on accelerators, ~512 tokens on CPU), capped
+    to ``PARAM_CHUNK_ELEMENTS // P`` rows with ``param_paths``.
     """
-    _check_args(mode, micro_batch)
+    paths = _check_args(mode, micro_batch, param_paths)
     arrays = dict(zip(BATCH_FIELDS, (input_ids, attention_mask, token_type_ids, labels)))
-    return _in_micro_batches(lambda b: _outputs(model, params, b, mode), arrays, micro_batch)
+    return _in_micro_batches(lambda b: _outputs(model, params, b, mode, paths), arrays, micro_batch,
+                             _num_params(params, paths))
 
 
-def _outputs(model, params, batch, mode):
+def _num_params(params, paths) -> int:
+    if not paths:
+        return 0
+    flat = traverse_util.flatten_dict(params)
+    unknown = [p for p in paths if p not in flat]
+    if unknown:
+        raise ValueError(f"param_paths {unknown} are not parameters of the model")
+    return int(sum(flat[p].size for p in paths))
+
+
+def _outputs(model, params, batch, mode, param_paths=None):
     """``per_example_outputs`` of one micro-batch (no splitting)."""
+    if param_paths:
+        return _outputs_with_params(model, params, batch, param_paths)
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
     token_type_ids, labels = batch["token_type_ids"], batch["labels"]
     embeds = model.apply({"params": params}, input_ids, method="embed_words")
@@ -119,6 +162,41 @@ def _outputs(model, params, batch, mode):
     return {"position_grads": grads, "features": features, "logits": logits, "loss": loss}
 
 
+def _outputs_with_params(model, params, batch, param_paths):
+    """``_outputs`` (vmap mode) that also returns ``param_grads [b, P]`` from the same grad.
+
+    Differentiates ``ℓ(x)`` jointly w.r.t. ``(δ, W)``, where the word embeddings are
+    ``e = E[x] + δ`` at ``δ = 0`` (so ``∂ℓ/∂δ = ∂ℓ/∂e`` exactly, and a table ``E`` in
+    ``W`` also gets the gradient through its lookup) and ``W`` = the parameters at
+    ``param_paths``; the other parameters are closed over.
+    """
+    flat = traverse_util.flatten_dict(params)
+    chosen = [flat[p] for p in param_paths]
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    embeds_shape = jax.eval_shape(
+        lambda ids: model.apply({"params": params}, ids, method="embed_words"), input_ids[:1])
+
+    def one(delta, weights, ids, m, t, y):
+        full = dict(flat)
+        full.update(zip(param_paths, weights))
+        variables = {"params": traverse_util.unflatten_dict(full)}
+        e = model.apply(variables, ids[None], method="embed_words") + delta[None]
+        out = model.apply(variables, None, m[None], t[None], inputs_embeds=e, deterministic=True)
+        logits = out.logits.astype(jnp.float32)[0]
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return loss, (out.features.astype(jnp.float32)[0], logits)
+
+    delta = jnp.zeros(embeds_shape.shape[1:], embeds_shape.dtype)
+    (loss, (features, logits)), (grads, wgrads) = jax.vmap(
+        jax.value_and_grad(one, argnums=(0, 1), has_aux=True), in_axes=(None, None, 0, 0, 0, 0))(
+        delta, chosen, input_ids, attention_mask, batch["token_type_ids"], batch["labels"])
+    grads = grads.astype(jnp.float32) * attention_mask[..., None].astype(jnp.float32)
+    param_grads = jnp.concatenate(
+        [g.reshape(g.shape[0], -1).astype(jnp.float32) for g in wgrads], axis=1)
+    return {"position_grads": grads, "features": features, "logits": logits, "loss": loss,
+            "param_grads": param_grads}
+
+
 def _token_vectors(input_ids, grads, mask, k, topk_by):
     """``token_vectors_batch``, with eq. 5 computed on the k kept positions only.
 
@@ -137,16 +215,18 @@ def _token_vectors(input_ids, grads, mask, k, topk_by):
                                take(mask, kept), k=None)
 
 
-def _records(model, params, batch, *, k, topk_by, mode, keep_position_grads, micro_batch):
+def _records(model, params, batch, *, k, topk_by, mode, keep_position_grads, micro_batch,
+             param_paths=None):
     arrays = {f: batch[f] for f in BATCH_FIELDS}
     body = partial(_micro_batch_records, model, params, k=k, topk_by=topk_by, mode=mode,
-                   keep_position_grads=keep_position_grads)
-    return _in_micro_batches(body, arrays, micro_batch)
+                   keep_position_grads=keep_position_grads, param_paths=param_paths)
+    return _in_micro_batches(body, arrays, micro_batch, _num_params(params, param_paths))
 
 
-def _micro_batch_records(model, params, batch, *, k, topk_by, mode, keep_position_grads):
+def _micro_batch_records(model, params, batch, *, k, topk_by, mode, keep_position_grads,
+                         param_paths=None):
     input_ids, mask = batch["input_ids"], batch["attention_mask"]
-    out = _outputs(model, params, batch, mode)
+    out = _outputs(model, params, batch, mode, param_paths)
     grads = out["position_grads"]
     probs = jax.nn.softmax(out["logits"], axis=-1)
     onehot = jax.nn.one_hot(batch["labels"], probs.shape[-1], dtype=probs.dtype)
@@ -162,23 +242,28 @@ def _micro_batch_records(model, params, batch, *, k, topk_by, mode, keep_positio
     }
     if keep_position_grads:
         rec["position_grads"] = grads
+    if param_paths:
+        rec["param_grads"] = out["param_grads"]
     return rec
 
 
 def make_gradient_fn(model, mesh: Mesh, *, k: int | None = None, topk_by: str = "position",
                      mode: str = "vmap", keep_position_grads: bool = False,
-                     micro_batch: int | None = None) -> Callable:
+                     micro_batch: int | None = None, param_paths=None) -> Callable:
     """Jitted ``(params, batch) -> records``; ``batch`` sharded over ``mesh`` (see ``shard_batch``).
 
     ``records`` are batch-sharded arrays: ``token_ids [B, T]`` (-1 padded),
     ``vectors [B, T, D]`` (per-token sums, top-k positions if ``k``), ``features [B, H]``,
     ``p_minus_y [B, C]``, ``loss [B]``, ``prediction [B]``, ``position_norms [B, L]``
-    and, if asked, ``position_grads [B, L, D]``. ``micro_batch``: rows per step of each
-    device's share (see ``per_example_outputs``).
+    and, if asked, ``position_grads [B, L, D]``. ``micro_batch``: rows per step (the
+    chunk) of each device's share (see ``per_example_outputs``). ``param_paths``:
+    parameter paths whose per-example gradients come from the same pass, as
+    ``param_grads [B, P]`` (module docstring; needs ``mode="vmap"``).
     """
-    _check_args(mode, micro_batch)
+    paths = _check_args(mode, micro_batch, param_paths)
     body = partial(_records, model, k=k, topk_by=topk_by, mode=mode,
-                   keep_position_grads=keep_position_grads, micro_batch=micro_batch)
+                   keep_position_grads=keep_position_grads, micro_batch=micro_batch,
+                   param_paths=paths)
 
     def per_shard(params, batch):
         return body(params, batch)
@@ -190,14 +275,28 @@ def make_gradient_fn(model, mesh: Mesh, *, k: int | None = None, topk_by: str = 
 
 def make_single_device_gradient_fn(model, *, k: int | None = None, topk_by: str = "position",
                                    mode: str = "vmap", keep_position_grads: bool = False,
-                                   micro_batch: int | None = None) -> Callable:
+                                   micro_batch: int | None = None, param_paths=None) -> Callable:
     """The unsharded twin of :func:`make_gradient_fn` (reference for tests)."""
-    _check_args(mode, micro_batch)
+    paths = _check_args(mode, micro_batch, param_paths)
     return jax.jit(partial(_records, model, k=k, topk_by=topk_by, mode=mode,
-                           keep_position_grads=keep_position_grads, micro_batch=micro_batch))
+                           keep_position_grads=keep_position_grads, micro_batch=micro_batch,
+                           param_paths=paths))
 
 
-def _check_args(mode, micro_batch) -> None:
+def _check_args(mode, micro_batch, param_paths=None) -> tuple[tuple[str, ...], ...] | None:
+    """Validates the options; returns ``param_paths`` as a tuple of tuples (or None)."""
     if mode not in ("vmap", "sum"):
         raise ValueError(f"mode={mode!r}; expected 'vmap' or 'sum'")
     _check_micro_batch(micro_batch)
+    if param_paths is None:
+        return None
+    if isinstance(param_paths, str):
+        raise ValueError("param_paths are parameter paths (tuples of names), not a group name; "
+                         "use grads.param_grads.group_paths(params, groups)")
+    paths = tuple(tuple(p) for p in param_paths)
+    if not paths or len(set(paths)) != len(paths):
+        raise ValueError(f"param_paths must be non-empty and without repeats, got {paths}")
+    if mode != "vmap":
+        raise ValueError("param_paths need mode='vmap': the gradient of a summed loss w.r.t. "
+                         "parameters is not per example")
+    return paths

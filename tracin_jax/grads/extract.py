@@ -3,7 +3,10 @@
 Memory stays bounded by one store shard whatever the dataset size; a killed run
 restarts and skips complete shards (the store checks them by checksum). On many
 hosts each process uses a mesh over its own devices and writes the shards it owns
-(``i % process_count == process_index``); nothing crosses hosts.
+(``i % process_count == process_index``); no gradient data crosses hosts. Processes
+meet at three barriers: after process 0 creates the manifest (so no other process
+sees checkpoint folders without one), before process 0 verifies and finalizes the
+store, and after that (so every process returns the finalized store).
 """
 from __future__ import annotations
 
@@ -62,7 +65,8 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
                       fingerprint: str, split: str, model_info: dict, vocab_size: int,
                       k: int | None = 10, topk_by: str = "position", dtype: str = "float32",
                       shard_size: int = 1024, batch_size: int = 32, mode: str = "vmap",
-                      progress: bool = True) -> GradientStore:
+                      progress: bool = True, param_paths=None,
+                      micro_batch: int | None = None) -> GradientStore:
     """Writes (or completes) the gradient store of ``encoded`` for every checkpoint.
 
     Args:
@@ -70,15 +74,40 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
       restore_params: ``step -> params`` (host arrays).
       fingerprint / split / model_info: identify the store; reopening with other
         values is an error rather than a silent mix.
+      param_paths: optional parameter paths (``param_grads.group_paths``): their
+        per-example gradients, from the same forward/backward, are stored as the
+        extra field ``param_grads [P]`` (float32, ``param_grads`` layout) and the
+        paths are recorded in the manifest's ``model_info["param_paths"]``. Disk
+        grows by ``4·P`` bytes per example and checkpoint.
+      micro_batch: rows per device per step (the chunk bounding per-example
+        gradient memory); None = automatic (see ``embedding_grads``).
     """
     check_token_ids(np.asarray(encoded.input_ids), vocab_size)
     mesh = mesh_lib.make_local_mesh()
     batch_size = mesh_lib.pad_to_multiple(batch_size, mesh.size)
-    writer = GradientStoreWriter(out_dir, num_examples=len(encoded), shard_size=shard_size, k=k,
-                                 dtype=dtype, model_info=dict(model_info, topk_by=topk_by),
-                                 fingerprint=fingerprint, split=split,
-                                 process_index=jax.process_index(), process_count=jax.process_count())
-    grad_fn = make_gradient_fn(model, mesh, k=k, topk_by=topk_by, mode=mode)
+    info = dict(model_info, topk_by=topk_by)
+    if param_paths is not None:
+        param_paths = [tuple(p) for p in param_paths]
+        info["param_paths"] = ["/".join(p) for p in param_paths]
+
+    def open_writer():
+        return GradientStoreWriter(out_dir, num_examples=len(encoded), shard_size=shard_size, k=k,
+                                   dtype=dtype, model_info=info,
+                                   fingerprint=fingerprint, split=split,
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+
+    # Process 0 creates (or checks) the manifest before any process adds checkpoint folders.
+    # (try/finally: if it fails, the others pass the barrier and fail on their own.)
+    writer = None
+    try:
+        if jax.process_index() == 0:
+            writer = open_writer()
+    finally:
+        _barrier("tracin_jax.grads.extract.open")
+    writer = writer or open_writer()
+    grad_fn = make_gradient_fn(model, mesh, k=k, topk_by=topk_by, mode=mode,
+                               param_paths=param_paths, micro_batch=micro_batch)
     todo = {}
     for step, lr in checkpoints:
         writer.begin_checkpoint(int(step), float(lr))
@@ -108,12 +137,20 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
                 bar.set_postfix(ex_per_s=f"{done / max(time.time() - t0, 1e-9):.0f}")
     if bar is not None:
         bar.close()
+    _barrier("tracin_jax.grads.extract.written")
+    try:
+        if jax.process_index() == 0:
+            writer.finalize()
+    finally:  # if finalize fails, the others find the store unfinalized and raise too
+        _barrier("tracin_jax.grads.extract.finalized")
+    return GradientStore(out_dir)
+
+
+def _barrier(name: str) -> None:
+    """Waits for every process of a multi-process job (no-op for one process)."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("tracin_jax.grads.extract")
-    if jax.process_index() == 0:
-        writer.finalize()
-    return GradientStore(out_dir, allow_incomplete=jax.process_index() != 0)
+        multihost_utils.sync_global_devices(name)
 
 
 def parse_steps(text: str | None, available: Sequence[int]) -> list[int]:

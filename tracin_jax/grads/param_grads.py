@@ -7,6 +7,11 @@ to ``[P]`` (leaves in path order, each row-major). Computed as
 ``data`` axis with ``jax.shard_map``; only one chunk of gradients ``[chunk, P]``
 exists at a time, so memory is bounded by ``chunk · P`` floats per device plus
 the test gradients ``[M, P]``.
+
+This is a separate forward/backward. To get the same gradients from the pass that
+computes the word-embedding gradients, pass ``param_paths=group_paths(...)`` to
+``embedding_grads.make_gradient_fn`` / ``per_example_outputs`` (field ``param_grads``)
+or to ``extract_gradients`` / ``tracin-jax grads --param-groups`` (stored per example).
 """
 from __future__ import annotations
 
