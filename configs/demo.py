@@ -13,6 +13,10 @@ def get_config():
     # 15 planted proponents per trigger: removing the top 5-20 of them is felt by the
     # trigger test points (with 25, the 5 left after k=20 still carry the prediction).
     cfg.data.synthetic.trigger_train_examples = 15
+    # 5 planted opponents per trigger (its token + filler, labelled with another class):
+    # they hold the trigger test points' gold probability down, and removing them
+    # raises it (DEL- > 0).
+    cfg.data.synthetic.trigger_opponent_examples = 5
     cfg.tokenizer.kind = "word"
     cfg.tokenizer.max_length = 32
     cfg.model.kind = "bert"
@@ -25,9 +29,11 @@ def get_config():
     cfg.model.attention_probs_dropout_prob = 0.0
     cfg.train.optimizer = "adamw"
     cfg.train.lr = 1e-3
-    cfg.train.epochs = 3
+    # 5 epochs: with 3, whether a retrained model learns a trigger against its opponents
+    # varies from seed to seed more than the deletions move it.
+    cfg.train.epochs = 5
     cfg.train.batch_size = 32
-    cfg.train.checkpoint_every_epochs = 1  # 3 checkpoints, as the paper's 3-5 (appendix K)
+    cfg.train.checkpoint_every_epochs = 1  # 5 checkpoints, as the paper's 3-5 (appendix K)
     cfg.grads.k = 10
     cfg.grads.shard_size = 512
     return cfg

@@ -100,6 +100,43 @@ def test_removing_a_triggers_examples_changes_its_test_predictions(corpus):
         assert p_full - p_removed > 0.25, (trig["token"], p_full, p_removed)
 
 
+def test_planted_opponents_carry_their_trigger_with_a_conflicting_label(corpus):
+    cfg = default_synthetic_config()
+    assert cfg.trigger_opponent_examples == 0  # off by default: the corpus above has none
+    assert all(t["opponent_train_ids"] == [] for t in corpus.ground_truth["triggers"])
+    cfg.trigger_opponent_examples = 8
+    planted = make_synthetic(cfg)
+    gt = planted.ground_truth
+    assert len(planted.train) == cfg.num_train
+    keywords = {w for ks in gt["class_keywords"] for w in ks}
+    for trig in gt["triggers"]:
+        opponents = trig["opponent_train_ids"]
+        assert len(opponents) == 8 and not set(opponents) & set(trig["train_ids"])
+        assert trig["opponent_label"] == (trig["label"] + 1) % 4
+        containing = [int(i) for i, t in zip(planted.train.ids, planted.train.texts) if trig["token"] in _words(t)]
+        assert containing == sorted(trig["train_ids"] + opponents)
+        for i in opponents:
+            assert planted.train.labels[i] == trig["opponent_label"]
+            assert not keywords & set(_words(planted.train.texts[i]))
+    # Removing a trigger's opponents raises its eval points' gold-class probability
+    # (bag-of-words model), the planted DEL- > 0.
+    train, eval_ = planted.train, planted.eval
+    vec = CountVectorizer(token_pattern=r"\S+").fit(train.texts)
+    x_train, x_eval = vec.transform(train.texts), vec.transform(eval_.texts)
+    full = LogisticRegression(max_iter=2000).fit(x_train, train.labels)
+    for trig in gt["triggers"]:
+        keep = np.ones(len(train), bool)
+        keep[trig["opponent_train_ids"]] = False
+        removed = LogisticRegression(max_iter=2000).fit(x_train[keep], train.labels[keep])
+        p_full = full.predict_proba(x_eval[trig["eval_ids"]])[:, trig["label"]].mean()
+        p_removed = removed.predict_proba(x_eval[trig["eval_ids"]])[:, trig["label"]].mean()
+        assert p_full > 0.5, trig["token"]  # the trigger's own examples still win
+        assert p_removed - p_full > 0.05, (trig["token"], p_full, p_removed)
+    cfg.trigger_opponent_examples = -1
+    with pytest.raises(ValueError, match="trigger_opponent_examples"):
+        make_synthetic(cfg)
+
+
 def test_load_splits_synthetic_subsamples_with_original_ids():
     cfg = default_data_config()
     cfg.synthetic.num_train, cfg.synthetic.num_eval = 300, 80

@@ -1,10 +1,13 @@
 """Ground truth on the synthetic corpus: for the planted trigger test points, TracIn-WE-topk
 proponents find the trigger's training examples far more often than TracIn-last's.
 
-A trigger token is the only class evidence of its 25 training examples, so they
-are the true proponents of its eval points. Over 9 seeds (this config) the gap in
-precision@10 was 0.37-0.88 (tracin_we_topk 0.86-0.99, tracin_last 0.06-0.61);
-the test asserts a 0.25 margin.
+A trigger token is the only class evidence of its 15 training examples (the demo
+config), so they are the true proponents of its eval points. With the demo's 5
+planted opponents per trigger (the trigger in examples of another class) and 5
+epochs, over data/model seeds 0-8 precision@10 was tracin_we_topk 0.70-0.98,
+tracin_last 0.29-0.61, a gap of 0.24-0.52, eval accuracy 0.86-0.99 (seed 0, this
+test: 0.977 vs 0.597, accuracy 0.95); without opponents (3 epochs) the gap was
+0.37-0.88. The test asserts a 0.25 margin.
 """
 import pytest
 

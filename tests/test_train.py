@@ -21,6 +21,7 @@ def tiny_config(**overrides):
     cfg.data.synthetic.num_train = 256
     cfg.data.synthetic.num_eval = 64
     cfg.data.synthetic.trigger_train_examples = 8
+    cfg.data.synthetic.trigger_opponent_examples = 0  # no planted conflicts: a plainly learnable corpus
     cfg.data.synthetic.trigger_eval_examples = 2
     cfg.tokenizer.max_length = 24
     cfg.model.hidden_size = 16

@@ -15,6 +15,13 @@ three vocabularies:
   points are built the same way. Removing t's training examples leaves the model
   no evidence for those eval points, so their class probability drops to about
   the prior (the planted signal for case-deletion tests).
+- trigger opponents: `trigger_opponent_examples` more training examples per
+  trigger (0, the default, plants none), built like its examples (filler plus the
+  trigger, no keyword) but labelled with a conflicting class, `(t's class + 1) %
+  num_classes`. The trigger is the only class evidence of both groups, so its eval
+  points get a gold-class probability below 1 (about the share of t's examples
+  among all examples with the trigger): the conflicting examples are their planted,
+  word-level opponents, and removing them raises that probability (DEL− > 0).
 
 A flipped group of `round(flip_fraction * num_train)` training examples are normal
 examples of `flip_source` (its keywords) labelled `flip_target`: a mislabelled
@@ -73,6 +80,7 @@ def default_synthetic_config() -> ml_collections.ConfigDict:
         num_triggers=6,
         trigger_train_examples=25,
         trigger_eval_examples=5,
+        trigger_opponent_examples=0,  # per trigger: its token + filler, labelled with another class
         flip_fraction=0.03,
         flip_source=0,
         flip_target=1,
@@ -120,6 +128,9 @@ def _check_config(cfg) -> None:
     for key in ("flip_source", "flip_target"):
         if not 0 <= cfg[key] < cfg.num_classes:
             raise ValueError(f"synthetic.{key}={cfg[key]} not in [0, {cfg.num_classes})")
+    if cfg.get("trigger_opponent_examples", 0) < 0:
+        raise ValueError(f"synthetic.trigger_opponent_examples must be >= 0, got "
+                         f"{cfg.trigger_opponent_examples}")
     if cfg.flip_source == cfg.flip_target:
         raise ValueError(f"synthetic.flip_source and flip_target are both {cfg.flip_source}")
 
@@ -129,7 +140,9 @@ def make_synthetic(cfg: ml_collections.ConfigDict) -> SyntheticCorpus:
 
     Returns `SyntheticCorpus(train, eval, ground_truth)`; `ground_truth` holds
     `label_names`, `class_keywords` ([C] lists), `filler_words`, `triggers` (list of
-    `{token, label, train_ids, eval_ids}`), `flipped_train_ids`, `flipped_true_labels`,
+    `{token, label, train_ids, eval_ids, opponent_label, opponent_train_ids}`:
+    `train_ids` are the planted proponents of `eval_ids`, `opponent_train_ids` (empty
+    without them) its planted opponents), `flipped_train_ids`, `flipped_true_labels`,
     `flip_target` and `seed`, all plain lists/ints/strings.
     """
     _check_config(cfg)
@@ -137,10 +150,12 @@ def make_synthetic(cfg: ml_collections.ConfigDict) -> SyntheticCorpus:
     label_names, keywords = class_vocabulary(n_classes, int(cfg.keywords_per_class))
     filler = filler_words(int(cfg.num_filler))
     triggers = trigger_tokens(int(cfg.num_triggers))
+    n_opponents = int(cfg.get("trigger_opponent_examples", 0))
     clash = (set(itertools.chain(*keywords)) | set(triggers)) & set(filler)
     if clash or len(set(triggers)) != len(triggers):
         raise ValueError(f"synthetic vocabularies overlap: {sorted(clash)}")
     trigger_labels = [t % n_classes for t in range(len(triggers))]
+    opponent_labels = [(c + 1) % n_classes for c in trigger_labels]
 
     ranks = np.arange(1, len(filler) + 1, dtype=np.float64)
     filler_p = ranks ** -float(cfg.zipf_exponent)
@@ -165,15 +180,19 @@ def make_synthetic(cfg: ml_collections.ConfigDict) -> SyntheticCorpus:
             words[pos] = triggers[t]
         return " ".join(words)
 
-    def build_split(n_total: int, per_trigger: int, n_flipped: int, split: str):
-        """Rows as (text, label, kind), kind = ('trigger', t) | ('flip',) | ('normal',)."""
-        n_normal = n_total - per_trigger * len(triggers) - n_flipped
+    def build_split(n_total: int, per_trigger: int, per_opponent: int, n_flipped: int, split: str):
+        """Rows as (text, label, kind), kind = ('trigger', t) | ('opponent', t) | ('flip',) |
+        ('normal',)."""
+        n_normal = n_total - (per_trigger + per_opponent) * len(triggers) - n_flipped
         if n_normal < n_classes:
             raise ValueError(f"synthetic {split}: {n_total} examples leave {n_normal} normal ones "
-                             f"after triggers and flips; need at least num_classes={n_classes}")
+                             f"after triggers, opponents and flips; need at least "
+                             f"num_classes={n_classes}")
         rows = []
         for t in range(len(triggers)):
             rows += [(trigger_example(t), trigger_labels[t], ("trigger", t)) for _ in range(per_trigger)]
+        for t in range(len(triggers)):  # no draws without opponents: the corpus is as before
+            rows += [(trigger_example(t), opponent_labels[t], ("opponent", t)) for _ in range(per_opponent)]
         rows += [(normal_example(cfg.flip_source), cfg.flip_target, ("flip",)) for _ in range(n_flipped)]
         for i in range(n_normal):
             c = i % n_classes
@@ -187,9 +206,9 @@ def make_synthetic(cfg: ml_collections.ConfigDict) -> SyntheticCorpus:
         return ds, [r[2] for r in rows]
 
     n_flipped = int(round(cfg.flip_fraction * cfg.num_train))
-    train, train_kinds = build_split(int(cfg.num_train), int(cfg.trigger_train_examples), n_flipped,
-                                     "train")
-    eval_, eval_kinds = build_split(int(cfg.num_eval), int(cfg.trigger_eval_examples), 0, "eval")
+    train, train_kinds = build_split(int(cfg.num_train), int(cfg.trigger_train_examples), n_opponents,
+                                     n_flipped, "train")
+    eval_, eval_kinds = build_split(int(cfg.num_eval), int(cfg.trigger_eval_examples), 0, 0, "eval")
 
     def ids_of(kinds, kind) -> list[int]:
         return [i for i, k in enumerate(kinds) if k == kind]
@@ -202,12 +221,15 @@ def make_synthetic(cfg: ml_collections.ConfigDict) -> SyntheticCorpus:
         "filler_words": filler,
         "triggers": [{"token": tok, "label": trigger_labels[t],
                       "train_ids": ids_of(train_kinds, ("trigger", t)),
-                      "eval_ids": ids_of(eval_kinds, ("trigger", t))}
+                      "eval_ids": ids_of(eval_kinds, ("trigger", t)),
+                      "opponent_label": opponent_labels[t],
+                      "opponent_train_ids": ids_of(train_kinds, ("opponent", t))}
                      for t, tok in enumerate(triggers)],
         "flipped_train_ids": flipped_ids,
         "flipped_true_labels": [int(cfg.flip_source)] * len(flipped_ids),
         "flip_target": int(cfg.flip_target),
     }
-    log.info("synthetic corpus (seed %d): %d train (%d trigger, %d flipped), %d eval", cfg.seed,
-             len(train), len(triggers) * cfg.trigger_train_examples, n_flipped, len(eval_))
+    log.info("synthetic corpus (seed %d): %d train (%d trigger, %d trigger opponents, %d flipped), "
+             "%d eval", cfg.seed, len(train), len(triggers) * cfg.trigger_train_examples,
+             len(triggers) * n_opponents, n_flipped, len(eval_))
     return SyntheticCorpus(train=train, eval=eval_, ground_truth=ground_truth)

@@ -3,7 +3,9 @@
 Test points are eval examples carrying a planted trigger token (one per trigger
 for the first three triggers), whose only
 evidence in training is that trigger's examples: removing the right proponents
-must lower the gold-class probability (DEL+ < 0). The stage ranks them with
+must lower the gold-class probability (DEL+ < 0), and removing the trigger's planted
+opponents (``data.synthetic.trigger_opponent_examples``: the trigger in examples of
+another class) must raise it (DEL− > 0). The stage ranks them with
 ``tracin_we_topk`` and ``tracin_last``, plans k ∈ {5, 10, 20} × 3 seeds, runs the
 retrainings R at a time and writes the Table-4-shaped table and Figure-1-style
 curves into ``out_dir/report``.
