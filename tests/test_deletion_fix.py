@@ -21,7 +21,9 @@ from test_deletion_planted import planted_config
 def weak_run(tmp_path_factory):
     """A small model (eval accuracy ~0.75) that makes borderline mistakes to fix."""
     root = tmp_path_factory.mktemp("fix")
-    cfg = planted_config(seed=1)
+    # The planted test's corpus without opponents, at half its width: a weaker model.
+    cfg = planted_config(seed=1, opponents=0)
+    cfg.model.hidden_size, cfg.model.intermediate_size = 32, 64
     cfg.data.synthetic.flip_fraction = 0.05
     setup = prepare_run(cfg, root / "run")
     train(cfg, root / "run", setup=setup, progress=False)
