@@ -180,6 +180,35 @@ def _write_npz(f, arrays: Mapping[str, np.ndarray]) -> None:
 _LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
 
 
+class _BufferFile(io.RawIOBase):
+    """A read-only, seekable file over an in-memory buffer that never copies the buffer
+    (``io.BytesIO`` copies it), so ``zipfile`` can read the archive's directory."""
+
+    def __init__(self, buffer):
+        super().__init__()
+        self._view, self._pos = memoryview(buffer).cast("B"), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, b) -> int:
+        n = max(0, min(len(b), len(self._view) - self._pos))
+        b[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+
 def _decode_npz(data: bytearray, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Arrays of an uncompressed `.npz` held in memory, as views of `data` (no copy).
 
@@ -188,7 +217,7 @@ def _decode_npz(data: bytearray, names: Sequence[str]) -> dict[str, np.ndarray]:
     object arrays and malformed headers raise (never unpickled).
     """
     view = memoryview(data)
-    with zipfile.ZipFile(io.BytesIO(view)) as archive:
+    with zipfile.ZipFile(_BufferFile(view)) as archive:
         infos = {i.filename: i for i in archive.infolist()}
     out = {}
     for name in names:
@@ -210,7 +239,7 @@ def _decode_npz(data: bytearray, names: Sequence[str]) -> dict[str, np.ndarray]:
         elif version == (2, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
         else:  # rare format versions: numpy's own reader (copies), still without pickle
-            with np.load(io.BytesIO(view), allow_pickle=False) as z:
+            with np.load(_BufferFile(view), allow_pickle=False) as z:
                 out[name] = z[name]
             continue
         if dtype.hasobject:
