@@ -65,6 +65,11 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.train.max_steps = ml_collections.FieldReference(None, field_type=int)
     cfg.train.batch_size = 32
     cfg.train.eval_batch_size = 64
+    # Short texts: sort megabatches of G batches by length (Hugging Face's group_by_length;
+    # changes the data order) and pad each batch only to its longest text, rounded up to
+    # a multiple of m (same outputs). 0 = off: shuffled batches padded to max_length.
+    cfg.train.group_by_length = 0  # G, e.g. 50
+    cfg.train.pad_to_multiple = 0  # m, e.g. 8
     cfg.train.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)
     cfg.train.freeze_word_embeddings = False  # no-overlap experiment (SPEC)
     cfg.train.checkpoint_every_epochs = 1

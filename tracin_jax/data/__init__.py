@@ -1,5 +1,6 @@
 """Data: text sources → `TextDataset` → tokenizer → `EncodedDataset` → fixed-shape batches."""
-from tracin_jax.data.batching import batch_order, epoch_permutation, iterate_batches, num_batches
+from tracin_jax.data.batching import (batch_order, batch_padded_length, epoch_permutation, iterate_batches,
+                                      num_batches, sequence_lengths)
 from tracin_jax.data.dataset import TextDataset, select_test_points, subsample_indices
 from tracin_jax.data.sources import SOURCES, default_data_config, load_splits
 from tracin_jax.data.synthetic import SyntheticCorpus, default_synthetic_config, make_synthetic
@@ -22,6 +23,7 @@ __all__ = [
     "TextDataset",
     "WordTokenizer",
     "batch_order",
+    "batch_padded_length",
     "default_data_config",
     "default_synthetic_config",
     "default_tokenizer_config",
@@ -33,5 +35,6 @@ __all__ = [
     "make_synthetic",
     "num_batches",
     "select_test_points",
+    "sequence_lengths",
     "subsample_indices",
 ]

@@ -24,6 +24,14 @@ On each device, ``vmap_width`` replicas are vmapped together: all of them on a
 GPU/TPU; one at a time on CPU, where XLA's batched GEMMs of a vmapped BERT step are
 slower than R plain ones (the program still saves R-1 dispatch loops and the host
 batching of the ordinary trainer; see tools/bench_retrain.py).
+
+``train.group_by_length`` orders batches as ``train`` does (``batch_order``).
+``train.pad_to_multiple`` trims every step to its batch's padded length: the
+program is compiled per length (at most ``max_length / m`` of them) and a call runs
+consecutive steps of one length (``TRIMMED_CALL_STEPS`` at a time, then single
+steps). Replicas vmapped together share a step's length, the longest of theirs; a
+replica alone (the CPU default, width 1) gets exactly its own, so it equals ``train``
+with dropout too (dropout masks are drawn at the batch's shape).
 """
 from __future__ import annotations
 
@@ -41,7 +49,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tracin_jax import mesh as mesh_lib
-from tracin_jax.data import batch_order, num_batches
+from tracin_jax.data import batch_order, batch_padded_length, num_batches, sequence_lengths
 from tracin_jax.train.trainer import (TrainState, apply_train_step, make_eval_step, make_optimizer,
                                       schedule_value)
 
@@ -51,6 +59,8 @@ NO_EDIT = -1  # edit_tokens value: the example is used unchanged
 # Steps per device call: long scans amortise dispatch; bounded so one call of a
 # large model stays well under typical watchdog limits.
 DEFAULT_STEPS_PER_CALL = 256
+# With trimmed batches: steps per call of a run of equal-length steps (then single steps).
+TRIMMED_CALL_STEPS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,14 +121,16 @@ def run_lengths(n_kept: Sequence[int], batch_size: int, train_cfg) -> tuple[np.n
 
 
 def slot_plan(specs: Sequence[ReplicaSpec], batch_size: int, train_cfg, epoch: int,
-              slots_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
+              slots_per_epoch: int, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Indices and activity of every replica in one epoch of the shared timeline.
 
     Returns ``idx [S, R, B]`` int32 (training rows, ``-1`` = padding row) and
     ``active [S, R]`` bool, ``S = slots_per_epoch``. Replica r's slot t of epoch e is
-    its batch t of ``batch_order(seed=s_r, epoch=e, keep=keep_r)``; it is active iff
+    its batch t of ``batch_order(seed=s_r, epoch=e, keep=keep_r)`` (grouped by
+    ``lengths [N]`` when ``train_cfg.group_by_length``); it is active iff
     ``t < steps_per_epoch_r`` and ``e · steps_per_epoch_r + t < total_steps_r``.
     """
+    group = int(train_cfg.get("group_by_length", 0) or 0)
     n_kept = [int(np.count_nonzero(s.keep)) for s in specs]
     spe, total = run_lengths(n_kept, batch_size, train_cfg)
     idx = np.full((slots_per_epoch, len(specs), batch_size), -1, np.int32)
@@ -127,7 +139,8 @@ def slot_plan(specs: Sequence[ReplicaSpec], batch_size: int, train_cfg, epoch: i
         steps = int(min(spe[r], max(total[r] - epoch * spe[r], 0)))
         if steps == 0:
             continue
-        order = batch_order(len(spec.keep), seed=int(spec.seed), epoch=epoch, keep=spec.keep)
+        order = batch_order(len(spec.keep), seed=int(spec.seed), epoch=epoch, keep=spec.keep,
+                            lengths=lengths, group_by_length=group, batch_size=batch_size)
         rows = np.full(spe[r] * batch_size, -1, np.int64)
         rows[:len(order)] = order
         idx[:steps, r] = rows.reshape(spe[r], batch_size)[:steps]
@@ -136,13 +149,16 @@ def slot_plan(specs: Sequence[ReplicaSpec], batch_size: int, train_cfg, epoch: i
 
 
 def gather_batch(data: dict[str, jax.Array], idx: jax.Array, pad_id: int,
-                 edit_tokens: jax.Array | None = None) -> dict[str, jax.Array]:
+                 edit_tokens: jax.Array | None = None, width: int | None = None) -> dict[str, jax.Array]:
     """Batch of rows ``idx [B]`` (``-1`` = padding) from device arrays ``data`` (``[N, ...]``).
 
     Padding rows are those of ``iterate_batches``: pad ids, zero mask, label 0, weight 0.
+    ``width`` keeps the first ``width`` token columns (a trimmed batch).
     """
     valid = idx >= 0
     rows = jnp.maximum(idx, 0)
+    if width is not None:
+        data = {k: (v[:, :width] if v.ndim == 2 else v) for k, v in data.items()}
     input_ids = data["input_ids"][rows]
     if edit_tokens is not None:
         token = edit_tokens[rows][:, None]
@@ -197,6 +213,13 @@ class ReplicaTrainer:
             raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
         self.steps_per_call = int(steps_per_call)
         self.vmap_width = int(vmap_width or 0)
+        self.max_length = int(np.shape(train_enc.input_ids)[1])
+        self.pad_to_multiple = int(self.train_cfg.get("pad_to_multiple", 0) or 0)
+        self.lengths = sequence_lengths(train_enc)
+        if self.pad_to_multiple:
+            mask = np.asarray(train_enc.attention_mask).astype(bool)
+            if not np.array_equal(mask, np.arange(self.max_length)[None, :] < self.lengths[:, None]):
+                raise ValueError("train.pad_to_multiple needs right-padded inputs (attention_mask 1s first)")
         self._init_fn = init_fn or (lambda seed: initial_params(cfg, model, seed))
         self._init_cache: dict[int, Any] = {}
         self._data = None
@@ -241,21 +264,23 @@ class ReplicaTrainer:
         return jax.tree.map(lambda *xs: np.stack(xs), *states)
 
     # -- the device program
-    def _chunk_fn(self, with_edits: bool, num_replicas: int) -> Callable:
+    def _chunk_fn(self, with_edits: bool, num_replicas: int, length: int | None = None) -> Callable:
         """The jitted program ``(states, data, idx, active, seeds, totals, edits) -> (states, loss)``.
 
-        Cached per (model, training settings, pad id, mesh, width): trainers of the same
-        configuration (reruns in one process, tests) share one compilation.
+        Cached per (model, training settings, pad id, mesh, width, batch length): trainers
+        of the same configuration (reruns in one process, tests) share one compilation.
+        ``length``: token columns per batch (None: all).
         """
         import json
         local = num_replicas // self.num_devices
         width = self.vmap_width_for(local)
         traced = {k: v for k, v in self.train_cfg.to_dict().items() if k not in _HOST_SIDE_TRAIN_FIELDS}
         key = (self.model, json.dumps(traced, sort_keys=True, default=list),
-               self.pad_id, self.mesh, bool(with_edits), width, local)
+               self.pad_id, self.mesh, bool(with_edits), width, local, length)
         if key not in _PROGRAMS:
             _PROGRAMS[key] = _build_chunk_fn(self.model, self.train_cfg, self.pad_id, self.mesh,
-                                             with_edits, _shapes(self._template_params()), width, local)
+                                             with_edits, _shapes(self._template_params()), width, local,
+                                             length)
         return _PROGRAMS[key]
 
     def vmap_width_for(self, local_replicas: int) -> int:
@@ -303,7 +328,6 @@ class ReplicaTrainer:
         # alone) then has the same shapes and shares one compilation.
         chunk_len = max(1, min(self.steps_per_call, num_batches(self.n, self.batch_size)))
         with_edits = any(s.edit_tokens is not None for s in padded)
-        fn = self._chunk_fn(with_edits, r_total)
 
         states = self._put_replicas(self.init_states(padded))
         seeds = self._put_replicas(np.asarray([s.seed for s in padded], np.int32))
@@ -315,27 +339,30 @@ class ReplicaTrainer:
                 else np.asarray(s.edit_tokens, np.int32) for s in padded]))
         data = self.device_data()
         losses: list[list[float]] = [[] for _ in range(r_total)]
-        calls = epochs * math.ceil(slots / chunk_len) if slots else 0
+        plans = [slot_plan(padded, self.batch_size, self.train_cfg, epoch, slots, self.lengths)
+                 for epoch in range(epochs)]
+        calls_per_epoch = [self._calls(idx, active, chunk_len) for idx, active in plans]
+        calls = sum(len(c) for c in calls_per_epoch)
         done = 0
-        for epoch in range(epochs):
-            idx, active = slot_plan(padded, self.batch_size, self.train_cfg, epoch, slots)
-            for start in range(0, slots, chunk_len):
-                c_idx, c_active = idx[start:start + chunk_len], active[start:start + chunk_len]
-                if not c_active.any():  # every replica done (max_steps ends epochs early)
-                    done += 1
-                    continue
-                if len(c_idx) < chunk_len:  # constant shapes: one compilation
+        pending = []  # (device loss, active): read back after the loop, no sync per call
+        for (idx, active), epoch_calls in zip(plans, calls_per_epoch):
+            for start, stop, length in epoch_calls:
+                c_idx, c_active = idx[start:stop], active[start:stop]
+                if length is None and len(c_idx) < chunk_len:  # constant shapes: one compilation
                     fill = chunk_len - len(c_idx)
                     c_idx = np.concatenate([c_idx, np.full((fill,) + c_idx.shape[1:], -1, np.int32)])
                     c_active = np.concatenate([c_active, np.zeros((fill, r_total), bool)])
+                fn = self._chunk_fn(with_edits, r_total, length)
                 states, loss = fn(states, data, self._put_replicas(c_idx, axis=1),
                                   self._put_replicas(c_active, axis=1), seeds, totals, edits)
-                loss = np.asarray(loss)
-                for r in range(r_total):
-                    losses[r].extend(loss[c_active[:, r], r].tolist())
+                pending.append((loss, c_active))
                 done += 1
                 if progress is not None:
                     progress(done, calls)
+        for loss, c_active in pending:
+            loss = np.asarray(loss)
+            for r in range(r_total):
+                losses[r].extend(loss[c_active[:, r], r].tolist())
         steps = np.asarray(jax.device_get(states.step), np.int64)
         expected = total
         if not np.array_equal(steps, expected):
@@ -344,6 +371,36 @@ class ReplicaTrainer:
                                  for r, l in enumerate(losses)], np.float32)
         return ReplicaRun(params=states.params, steps=steps[:len(specs)],
                           train_loss=train_loss[:len(specs)], num_replicas=len(specs))
+
+    def _calls(self, idx: np.ndarray, active: np.ndarray, chunk_len: int) -> list[tuple]:
+        """One epoch's device calls ``(start, stop, length)`` over its slots.
+
+        Untrimmed: ``chunk_len`` slots a call (``length`` None), skipping calls in which
+        no replica is active. Trimmed: runs of consecutive active slots of one padded
+        length, ``TRIMMED_CALL_STEPS`` slots a call and the rest one by one.
+        """
+        slots = len(idx)
+        if not self.pad_to_multiple:
+            return [(s, min(s + chunk_len, slots), None) for s in range(0, slots, chunk_len)
+                    if active[s:s + chunk_len].any()]
+        tokens = np.where(idx >= 0, self.lengths[np.maximum(idx, 0)], 0)  # [S, R, B]
+        longest = np.where(active, tokens.max(axis=2), 0).max(axis=1)  # [S]
+        lengths = [batch_padded_length(int(t), self.pad_to_multiple, self.max_length) for t in longest]
+        calls, start = [], 0
+        while start < slots:
+            if not active[start].any():
+                start += 1
+                continue
+            stop = start + 1
+            while stop < slots and active[stop].any() and lengths[stop] == lengths[start]:
+                stop += 1
+            run = start
+            while stop - run >= TRIMMED_CALL_STEPS:
+                calls.append((run, run + TRIMMED_CALL_STEPS, lengths[start]))
+                run += TRIMMED_CALL_STEPS
+            calls.extend((i, i + 1, lengths[start]) for i in range(run, stop))
+            start = stop
+        return calls
 
     # -- evaluation
     def predict(self, run: ReplicaRun, enc, rows: np.ndarray | None = None,
@@ -405,7 +462,8 @@ class ReplicaTrainer:
 _PROGRAMS: dict[tuple, Callable] = {}
 # Training settings the device program does not read (run lengths are its arguments).
 _HOST_SIDE_TRAIN_FIELDS = ("epochs", "max_steps", "log_every_steps", "eval_batch_size", "num_devices",
-                           "checkpoint_every_epochs", "checkpoint_every_steps", "checkpoint_steps")
+                           "checkpoint_every_epochs", "checkpoint_every_steps", "checkpoint_steps",
+                           "group_by_length", "pad_to_multiple")  # batch length: a program argument
 
 
 def _shapes(tree):
@@ -413,7 +471,7 @@ def _shapes(tree):
 
 
 def _build_chunk_fn(model, train_cfg, pad_id: int, mesh: Mesh, with_edits: bool, template,
-                    vmap_width: int, local_replicas: int) -> Callable:
+                    vmap_width: int, local_replicas: int, length: int | None = None) -> Callable:
     """Per replica, ``lax.scan`` over the chunk's steps of ``trainer.apply_train_step``.
 
     Each device runs its own ``local_replicas`` (``shard_map``, no collectives), in
@@ -424,7 +482,7 @@ def _build_chunk_fn(model, train_cfg, pad_id: int, mesh: Mesh, with_edits: bool,
     """
 
     def replica_step(state, idx, active, seed, total, edits, data):
-        batch = gather_batch(data, idx, pad_id, edits)
+        batch = gather_batch(data, idx, pad_id, edits, width=length)
         tx = make_optimizer(train_cfg, lambda c: schedule_value(train_cfg, c, total), template)
         key = jax.random.fold_in(jax.random.key(seed), state.step)
         new, metrics = apply_train_step(model, tx, state, batch, key)

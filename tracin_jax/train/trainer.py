@@ -236,7 +236,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path, *, setup: RunSetu
     while step < total_steps:
         epoch = step // steps_per_epoch
         skip = step - epoch * steps_per_epoch
-        batches = iterate_batches(setup.train, batch_size, seed=int(cfg.seed), epoch=epoch, keep=keep)
+        batches = iterate_batches(setup.train, batch_size, seed=int(cfg.seed), epoch=epoch, keep=keep,
+                                  group_by_length=int(train_cfg.group_by_length or 0),
+                                  pad_to_multiple=int(train_cfg.pad_to_multiple or 0))
         for i, batch in enumerate(batches):
             if i < skip:
                 continue
