@@ -25,16 +25,31 @@ NAMES = {"tracin_layer[word_embedding]": "TR-first (word emb.)", "tracin_layer[c
          "tracin_we_noc": "TR-WE-NoC", "tracin_common": "TR-common"}
 
 
+def per_test_cell(d: dict, sign: str) -> str:
+    """AUC-DEL ± standard error over test points [number moved the right way]."""
+    import numpy as np
+
+    values = np.asarray(list(d["auc_del_per_test"].values()), float)
+    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
+    right = int(np.sum(values < 0 if sign == "+" else values > 0))
+    return f"{d['auc_del']:+.3f} ± {se:.3f} [{right}]"
+
+
 def deletion_table(sweep_dir: Path) -> str:
+    """Table 4 layout. With several seeds ± is the bootstrap std over retrainings
+    (appendix F); with one seed (no bootstrap spread) the standard error over test
+    points, and [n] counts the test points moved the right way."""
     summary = json.loads((sweep_dir / "report" / "summary.json").read_text())
     methods = summary["methods"]
+    one_seed = len(summary["seeds"]) == 1
     lines = ["| metric | " + " | ".join(NAMES.get(m, m) for m in methods) + " |",
              "|---|" + "---:|" * len(methods)]
     for sign, label in (("+", "AUC-DEL+ ↓"), ("-", "AUC-DEL− ↑")):
         cells = []
         for m in methods:
             d = summary["deletion"][m][sign]
-            cells.append(f"{d['auc_del']:+.3f} ± {d['auc_del_std']:.3f}")
+            cells.append(per_test_cell(d, sign) if one_seed and d.get("auc_del_per_test")
+                         else f"{d['auc_del']:+.3f} ± {d['auc_del_std']:.3f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     jobs, base = summary["jobs"], summary["baseline"]
     lines.append("")
@@ -55,7 +70,8 @@ def cancellation_table(path: Path) -> str:
 
 TITLES = {"nooverlap_synthetic": "synthetic, no word overlap", "sst2_cnn": "SST-2, CNN per layer",
           "sst2_bert_tiny": "SST-2, BERT L2-H128", "sst2_minilm_del": "SST-2, MiniLM-L6",
-          "sst2_bert_tiny_10pt": "SST-2, BERT L2-H128, 10 test points"}
+          "sst2_bert_tiny_10pt": "SST-2, BERT L2-H128, 10 test points",
+          "sst2_minilm_10pt": "SST-2, MiniLM-L6, 10 test points"}
 
 
 def write_figures(out: Path, figures: Path) -> None:
@@ -84,7 +100,8 @@ def main() -> None:
     out = Path(args.out)
     if args.figures:
         write_figures(out, Path(args.figures))
-    for name in ("nooverlap_synthetic", "sst2_cnn", "sst2_bert_tiny", "sst2_bert_tiny_10pt", "sst2_minilm_del"):
+    for name in ("nooverlap_synthetic", "sst2_cnn", "sst2_bert_tiny", "sst2_bert_tiny_10pt", "sst2_minilm_del",
+                 "sst2_minilm_10pt"):
         sweep = out / name / "sweep"
         print(f"\n### {name}\n")
         if (sweep / "report" / "summary.json").exists():
