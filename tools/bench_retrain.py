@@ -29,6 +29,8 @@ grouped_trimmed) as named. A retraining is ``epochs · ceil(N / B)`` steps;
 The last line printed is one JSON object.
 
     python tools/bench_retrain.py                 # CPU defaults: R=8, 24 steps
+    python tools/bench_retrain.py --config configs/sst2_minilm.py --replicas 2 \
+        --config.data.max_train=5000 --config.tokenizer.max_length=48   # any experiment's model
     python tools/bench_retrain.py --replicas 64 --steps 157   # a GPU
 """
 from __future__ import annotations
@@ -49,6 +51,14 @@ SST2 = REPO.parent / "shared" / "data" / "sst2"
 
 
 def bench_config(args):
+    if args.config:  # an experiment's config with its overrides; --num-train etc. are ignored
+        from tracin_jax import config as config_lib
+
+        cfg = config_lib.apply_overrides(config_lib.load_config(args.config), args.overrides)
+        cfg.train.epochs, cfg.train.num_devices = 1, 1
+        cfg.train.group_by_length, cfg.train.pad_to_multiple = 0, 0  # the plain engine way
+        source = cfg.data.get("name") or cfg.data.source
+        return cfg, f"{source}:{cfg.data.max_train or 'all'}"
     from tracin_jax.config import base_config
 
     cfg = base_config()
@@ -190,7 +200,12 @@ def main(argv=None) -> int:
     parser.add_argument("--group-by-length", type=int, default=50,
                         help="G of the grouped_trimmed way (0 skips it)")
     parser.add_argument("--pad-to-multiple", type=int, default=8, help="m of the grouped_trimmed way")
-    args = parser.parse_args(argv)
+    parser.add_argument("--config", default=None,
+                        help="bench this experiment config's model and data instead (--config.KEY=V overrides)")
+    args, rest = parser.parse_known_args(argv)
+    args.overrides = [a[len("--config."):] for a in rest if a.startswith("--config.")]
+    if len(args.overrides) != len(rest):
+        parser.error(f"unrecognized arguments: {[a for a in rest if not a.startswith('--config.')]}")
 
     from tracin_jax.deletion.replicas import ReplicaSpec
     from tracin_jax.train import prepare_run
@@ -200,7 +215,8 @@ def main(argv=None) -> int:
     cfg, data = bench_config(args)
     setup = prepare_run(cfg, None)
     n = len(setup.train)
-    steps_per_retrain = int(cfg.train.epochs) * math.ceil((n - args.remove) / args.batch_size)
+    batch_size = int(cfg.train.batch_size)
+    steps_per_retrain = int(cfg.train.epochs) * math.ceil((n - args.remove) / batch_size)
     steps = args.steps or (24 if platform == "cpu" else steps_per_retrain)
     rng = np.random.default_rng(0)
     specs = []
@@ -237,8 +253,8 @@ def main(argv=None) -> int:
 
     results = {
         "bench": "retrain", "device": jax.devices()[0].device_kind, "platform": platform,
-        "num_devices": 1, "model": "bert L2 H128 A2 I512", "data": data,
-        "max_length": args.max_length, "batch_size": args.batch_size, "replicas": replicas,
+        "num_devices": 1, "model": (f"{cfg.name}: {cfg.model.kind}" if args.config else "bert L2 H128 A2 I512"),
+        "data": data, "max_length": int(cfg.tokenizer.max_length), "batch_size": batch_size, "replicas": replicas,
         "engine_vmap_width": default_width, "removed_per_retrain": args.remove,
         "steps_timed": steps, "steps_per_retrain": steps_per_retrain,
         **{f"{k}_s": v for k, v in timings.items()},
