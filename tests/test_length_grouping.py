@@ -4,7 +4,6 @@ Grouping is a new data order (megabatches sorted by length) that removal filters
 trimming drops only all-padding columns, so models give the same outputs, and the
 retraining engine reproduces ``train`` with both options on, dropout included.
 """
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -18,7 +17,8 @@ from tracin_jax.deletion import replicas
 from tracin_jax.deletion.replicas import ReplicaSpec, ReplicaTrainer, slot_plan
 from tracin_jax.train import CheckpointStore, predict_proba, prepare_run, train
 
-REPO = Path(__file__).resolve().parent.parent
+from test_deletion_replicas import tiny_config as replicas_tiny_config
+
 
 
 def _encoded(lengths, max_length=12, left_padded=False):
@@ -102,32 +102,13 @@ def test_sequence_lengths():
 
 
 def tiny_config(model="bert", **overrides):
-    cfg = config_lib.load_config(REPO / "configs" / "demo.py")
-    cfg.data.synthetic.num_train = 200
-    cfg.data.synthetic.num_eval = 40
-    cfg.data.synthetic.trigger_train_examples = 6
-    cfg.data.synthetic.trigger_eval_examples = 2
-    cfg.tokenizer.max_length = 24
+    """test_deletion_replicas' tiny run (dropout on), longer texts, both options on."""
+    cfg = replicas_tiny_config(**{"tokenizer.max_length": 24, "train.group_by_length": 3,
+                                  "train.pad_to_multiple": 4, **overrides})
     if model == "cnn":
         config_lib.use_cnn(cfg, vocab_size=2000, min_freq=1, embed_dim=16, filters=8,
                            kernel_sizes=(5, 5, 1), dropout_rate=0.0)
-    else:
-        cfg.model.hidden_size = 16
-        cfg.model.num_hidden_layers = 1
-        cfg.model.num_attention_heads = 2
-        cfg.model.intermediate_size = 32
-        cfg.model.max_position_embeddings = 32
-        cfg.model.hidden_dropout_prob = 0.1  # dropout on: the engine must reproduce its stream
-    cfg.train.optimizer = "sgd"
-    cfg.train.lr = 0.05
-    cfg.train.schedule = "linear"
-    cfg.train.warmup_steps = 3
-    cfg.train.batch_size = 16
-    cfg.train.epochs = 2
-    cfg.train.log_every_steps = 100
-    cfg.train.group_by_length = 3
-    cfg.train.pad_to_multiple = 4
-    return config_lib.apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
+    return cfg
 
 
 @pytest.mark.parametrize("model", ["bert", "cnn"])
