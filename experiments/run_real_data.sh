@@ -56,7 +56,7 @@ $PY experiments/deletion.py --config configs/sst2_bert_tiny.py --out experiments
 
 # 9. SST-2 on the real pretrained MiniLM with 10 test points (5 per class), k = 50: step 5's
 #    run with length-grouped, trimmed batches (train.group_by_length, train.pad_to_multiple),
-#    which make each retraining ~2.4x cheaper on these short sentences. ~80 min
+#    which make each retraining 1.7x cheaper on these short sentences (40 s, not 67 s). ~95 min
 $PY experiments/deletion.py --config configs/sst2_minilm.py --out experiments/out/sst2_minilm_10pt \
   --methods tracin_we_topk,tracin_we,tracin_last,tracin_tfidf,influence_last,representer,random \
   --config.data.max_train=5000 --config.tokenizer.max_length=48 --config.train.checkpoint_every_steps=60 \
