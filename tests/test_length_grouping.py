@@ -160,6 +160,12 @@ def test_engine_equals_train_with_grouping_and_trimming(grouped_setup, tmp_path,
     mine = jax.tree.map(lambda x: np.asarray(x)[0], run.params)
     for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    # evaluation is trimmed too (rows sorted by length, order restored): the same probabilities
+    rows = np.arange(len(setup.eval.labels))[::-1]
+    probs = trainer.predict(run, setup.eval, rows, batch_size=8)
+    ref_probs = predict_proba(setup.model, ref, setup.eval, 16, mesh_lib.make_mesh(1))[rows]
+    np.testing.assert_allclose(probs[0], ref_probs, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(probs[1], ref_probs, atol=1e-3)
     # the plan: several lengths, calls cover every active slot once, runs of one length
     spe = num_batches(int(keep.sum()), 16)
     idx, active = slot_plan([ReplicaSpec(seed=1, keep=keep)], 16, setup.cfg.train, 0, spe,

@@ -418,20 +418,33 @@ class ReplicaTrainer:
         eval_fn = _PROGRAMS[key]
         rows = np.arange(len(enc.labels)) if rows is None else np.asarray(rows, np.int64)
         bs = int(batch_size or self.cfg.train.eval_batch_size)
+        # Trimmed training trims evaluation too: rows longest first, each batch cut to its
+        # padded length (the same probabilities; order restored below).
+        lengths = sequence_lengths(enc)
+        order = np.argsort(-lengths[rows], kind="stable") if self.pad_to_multiple else np.arange(len(rows))
         out = []
         for start in range(0, len(rows), bs):
-            part = rows[start:start + bs]
+            part = rows[order[start:start + bs]]
             pad = bs - len(part)
             batch = {}
             for key in ("input_ids", "attention_mask", "token_type_ids"):
                 x = np.asarray(getattr(enc, key), np.int32)[part]
                 fill = int(enc.pad_id) if key == "input_ids" else 0
                 batch[key] = np.concatenate([x, np.full((pad, x.shape[1]), fill, np.int32)])
+            if self.pad_to_multiple:
+                width = batch_padded_length(int(lengths[part].max()), self.pad_to_multiple,
+                                            batch["input_ids"].shape[1])
+                if batch["attention_mask"][:, width:].any():
+                    raise ValueError("train.pad_to_multiple needs right-padded inputs (attention_mask 1s first)")
+                batch = {k: v[:, :width] for k, v in batch.items()}
             batch["labels"] = np.zeros(bs, np.int32)
             batch["weights"] = np.zeros(bs, np.float32)
             probs = np.asarray(eval_fn(run.params, mesh_lib.replicate(batch, self.mesh)))
             out.append(probs[:, :len(part)])
-        probs = np.concatenate(out, axis=1) if out else np.zeros((0, 0, 0), np.float32)
+        if not out:
+            return np.zeros((0, 0, 0), np.float32)
+        probs = np.empty_like(np.concatenate(out, axis=1))
+        probs[:, order] = np.concatenate(out, axis=1)
         return probs[:run.num_replicas]
 
     # -- sizing
