@@ -30,15 +30,16 @@ def per_test_cell(d: dict, sign: str) -> str:
     import numpy as np
 
     values = np.asarray(list(d["auc_del_per_test"].values()), float)
+    values = values[np.isfinite(values)]  # a test point whose retrainings are not all in yet
     se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
     right = int(np.sum(values < 0 if sign == "+" else values > 0))
-    return f"{d['auc_del']:+.3f} ± {se:.3f} [{right}]"
+    return f"{d['auc_del']:+.3f} ± {se:.3f} [{right}/{len(values)}]"
 
 
 def deletion_table(sweep_dir: Path) -> str:
     """Table 4 layout. With several seeds ± is the bootstrap std over retrainings
     (appendix F); with one seed (no bootstrap spread) the standard error over test
-    points, and [n] counts the test points moved the right way."""
+    points, and [r/n]: r of the n test points moved the right way."""
     summary = json.loads((sweep_dir / "report" / "summary.json").read_text())
     methods = summary["methods"]
     one_seed = len(summary["seeds"]) == 1
