@@ -345,6 +345,8 @@ class ReplicaTrainer:
         calls = sum(len(c) for c in calls_per_epoch)
         done = 0
         pending = []  # (device loss, active): read back after the loop, no sync per call
+        programs = {length: self._chunk_fn(with_edits, r_total, length)
+                    for length in {c[2] for epoch_calls in calls_per_epoch for c in epoch_calls}}
         for (idx, active), epoch_calls in zip(plans, calls_per_epoch):
             for start, stop, length in epoch_calls:
                 c_idx, c_active = idx[start:stop], active[start:stop]
@@ -352,9 +354,8 @@ class ReplicaTrainer:
                     fill = chunk_len - len(c_idx)
                     c_idx = np.concatenate([c_idx, np.full((fill,) + c_idx.shape[1:], -1, np.int32)])
                     c_active = np.concatenate([c_active, np.zeros((fill, r_total), bool)])
-                fn = self._chunk_fn(with_edits, r_total, length)
-                states, loss = fn(states, data, self._put_replicas(c_idx, axis=1),
-                                  self._put_replicas(c_active, axis=1), seeds, totals, edits)
+                states, loss = programs[length](states, data, self._put_replicas(c_idx, axis=1),
+                                                 self._put_replicas(c_active, axis=1), seeds, totals, edits)
                 pending.append((loss, c_active))
                 done += 1
                 if progress is not None:
