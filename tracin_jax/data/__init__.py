@@ -1,6 +1,6 @@
 """Data: text sources → `TextDataset` → tokenizer → `EncodedDataset` → fixed-shape batches."""
-from tracin_jax.data.batching import (batch_order, batch_padded_length, epoch_permutation, iterate_batches,
-                                      num_batches, sequence_lengths)
+from tracin_jax.data.batching import (batch_order, batch_padded_length, check_right_padded, epoch_permutation,
+                                      iterate_batches, num_batches, sequence_lengths)
 from tracin_jax.data.dataset import TextDataset, select_test_points, subsample_indices
 from tracin_jax.data.sources import SOURCES, default_data_config, load_splits
 from tracin_jax.data.synthetic import SyntheticCorpus, default_synthetic_config, make_synthetic
@@ -24,6 +24,7 @@ __all__ = [
     "WordTokenizer",
     "batch_order",
     "batch_padded_length",
+    "check_right_padded",
     "default_data_config",
     "default_synthetic_config",
     "default_tokenizer_config",

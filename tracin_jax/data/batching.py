@@ -87,6 +87,15 @@ def sequence_lengths(enc) -> np.ndarray:
     return np.asarray(enc.attention_mask).astype(bool).sum(axis=1).astype(np.int64)
 
 
+def check_right_padded(enc) -> None:
+    """Raises unless every row's tokens come first (``attention_mask`` 1s, then 0s): trimming
+    drops trailing columns, which must be padding."""
+    mask = np.asarray(enc.attention_mask).astype(bool)
+    lengths = mask.sum(axis=1)
+    if not np.array_equal(mask, np.arange(mask.shape[1])[None, :] < lengths[:, None]):
+        raise ValueError("pad_to_multiple needs right-padded inputs (attention_mask 1s first)")
+
+
 def batch_padded_length(max_tokens: int, multiple: int, max_length: int) -> int:
     """Columns a trimmed batch keeps: `max_tokens` rounded up to a multiple of `multiple`,
     at least `multiple`, at most `max_length` (`multiple=0`: `max_length`, no trimming)."""
@@ -116,6 +125,8 @@ def iterate_batches(enc, batch_size: int, *, seed: int | None = None, epoch: int
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = len(enc.labels)
     lengths = sequence_lengths(enc) if (group_by_length or pad_to_multiple) else None
+    if pad_to_multiple:
+        check_right_padded(enc)
     order = batch_order(n, seed=seed, epoch=epoch, keep=keep, lengths=lengths,
                         group_by_length=group_by_length, batch_size=batch_size)
     pad_id = int(getattr(enc, "pad_id", 0))
@@ -126,10 +137,6 @@ def iterate_batches(enc, batch_size: int, *, seed: int | None = None, epoch: int
         if pad_to_multiple:
             width = batch_padded_length(int(lengths[idx].max()) if real else 0, int(pad_to_multiple),
                                         batch["input_ids"].shape[1])
-            if batch["attention_mask"][:, width:].any():
-                raise ValueError("pad_to_multiple needs right-padded inputs (attention_mask 1s "
-                                 "first); this batch has tokens after position "
-                                 f"{int(lengths[idx].max())}")
             batch = {key: value[:, :width] for key, value in batch.items()}
         batch["labels"] = np.asarray(enc.labels, np.int32)[idx]
         batch["ids"] = np.asarray(enc.ids, np.int64)[idx]

@@ -49,7 +49,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tracin_jax import mesh as mesh_lib
-from tracin_jax.data import batch_order, batch_padded_length, num_batches, sequence_lengths
+from tracin_jax.data import (batch_order, batch_padded_length, check_right_padded, num_batches,
+                             sequence_lengths)
 from tracin_jax.train.trainer import (TrainState, apply_train_step, make_eval_step, make_optimizer,
                                       schedule_value)
 
@@ -217,9 +218,7 @@ class ReplicaTrainer:
         self.pad_to_multiple = int(self.train_cfg.get("pad_to_multiple", 0) or 0)
         self.lengths = sequence_lengths(train_enc)
         if self.pad_to_multiple:
-            mask = np.asarray(train_enc.attention_mask).astype(bool)
-            if not np.array_equal(mask, np.arange(self.max_length)[None, :] < self.lengths[:, None]):
-                raise ValueError("train.pad_to_multiple needs right-padded inputs (attention_mask 1s first)")
+            check_right_padded(train_enc)
         self._init_fn = init_fn or (lambda seed: initial_params(cfg, model, seed))
         self._init_cache: dict[int, Any] = {}
         self._data = None
@@ -339,31 +338,31 @@ class ReplicaTrainer:
                 else np.asarray(s.edit_tokens, np.int32) for s in padded]))
         data = self.device_data()
         losses: list[list[float]] = [[] for _ in range(r_total)]
-        plans = [slot_plan(padded, self.batch_size, self.train_cfg, epoch, slots, self.lengths)
-                 for epoch in range(epochs)]
-        calls_per_epoch = [self._calls(idx, active, chunk_len) for idx, active in plans]
-        calls = sum(len(c) for c in calls_per_epoch)
-        done = 0
-        pending = []  # (device loss, active): read back after the loop, no sync per call
-        programs = {length: self._chunk_fn(with_edits, r_total, length)
-                    for length in {c[2] for epoch_calls in calls_per_epoch for c in epoch_calls}}
-        for (idx, active), epoch_calls in zip(plans, calls_per_epoch):
+        done, calls = 0, None
+        programs: dict = {}
+        for epoch in range(epochs):  # planned epoch by epoch: index arrays of one epoch at a time
+            idx, active = slot_plan(padded, self.batch_size, self.train_cfg, epoch, slots, self.lengths)
+            epoch_calls = self._calls(idx, active, chunk_len)
+            calls = calls or len(epoch_calls) * epochs  # progress total, from the first epoch
+            pending = []  # (device loss, active): read back after the epoch, no sync per call
             for start, stop, length in epoch_calls:
                 c_idx, c_active = idx[start:stop], active[start:stop]
                 if length is None and len(c_idx) < chunk_len:  # constant shapes: one compilation
                     fill = chunk_len - len(c_idx)
                     c_idx = np.concatenate([c_idx, np.full((fill,) + c_idx.shape[1:], -1, np.int32)])
                     c_active = np.concatenate([c_active, np.zeros((fill, r_total), bool)])
+                if length not in programs:
+                    programs[length] = self._chunk_fn(with_edits, r_total, length)
                 states, loss = programs[length](states, data, self._put_replicas(c_idx, axis=1),
                                                  self._put_replicas(c_active, axis=1), seeds, totals, edits)
                 pending.append((loss, c_active))
                 done += 1
                 if progress is not None:
-                    progress(done, calls)
-        for loss, c_active in pending:
-            loss = np.asarray(loss)
-            for r in range(r_total):
-                losses[r].extend(loss[c_active[:, r], r].tolist())
+                    progress(done, max(calls, done))
+            for loss, c_active in pending:
+                loss = np.asarray(loss)
+                for r in range(r_total):
+                    losses[r].extend(loss[c_active[:, r], r].tolist())
         steps = np.asarray(jax.device_get(states.step), np.int64)
         expected = total
         if not np.array_equal(steps, expected):
@@ -422,6 +421,8 @@ class ReplicaTrainer:
         # Trimmed training trims evaluation too: rows longest first, each batch cut to its
         # padded length (the same probabilities; order restored below).
         lengths = sequence_lengths(enc)
+        if self.pad_to_multiple:
+            check_right_padded(enc)
         order = np.argsort(-lengths[rows], kind="stable") if self.pad_to_multiple else np.arange(len(rows))
         out = []
         for start in range(0, len(rows), bs):
@@ -435,8 +436,6 @@ class ReplicaTrainer:
             if self.pad_to_multiple:
                 width = batch_padded_length(int(lengths[part].max()), self.pad_to_multiple,
                                             batch["input_ids"].shape[1])
-                if batch["attention_mask"][:, width:].any():
-                    raise ValueError("train.pad_to_multiple needs right-padded inputs (attention_mask 1s first)")
                 batch = {k: v[:, :width] for k, v in batch.items()}
             batch["labels"] = np.zeros(bs, np.int32)
             batch["weights"] = np.zeros(bs, np.float32)
