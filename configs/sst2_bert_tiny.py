@@ -1,17 +1,27 @@
-"""SST-2 (real data, ../shared/data/sst2) on a 2-layer BERT (hidden 128, 2 heads) trained
-from scratch, with the MiniLM WordPiece vocabulary (checkpoints/minilm/vocab.txt, fetched
-by tools/fetch_minilm.sh): the paper's BERT-small shape at CPU cost.
+"""SST-2 (GLUE) on a 2-layer BERT (hidden 128, 2 heads) trained from scratch, with the
+MiniLM WordPiece vocabulary (checkpoints/minilm/vocab.txt, fetched by tools/fetch_minilm.sh):
+the paper's BERT-small shape at CPU cost.
+
+Data: TFDS ``glue/sst2`` (field ``sentence``, labels negative / positive; train split
+``train``, eval split ``validation``), 5,000 training sentences. Local CSV files with
+columns ``text,label`` (0 = negative, 1 = positive) instead:
+    --config.data.source=files --config.data.files.train=PATH --config.data.files.eval=PATH
 
 AdamW (as configs/demo.py: SGD leaves a randomly initialised post-LN BERT near chance).
     tracin-jax train --config configs/sst2_bert_tiny.py --workdir experiments/out/sst2_bert_tiny
 """
-from tracin_jax.config import base_config, use_bert_from_scratch, use_sst2_csv
+from tracin_jax.config import base_config, use_bert_from_scratch
 
 
 def get_config():
     cfg = base_config()
     cfg.name = "sst2_bert_tiny"
-    use_sst2_csv(cfg, max_train=5000)
+    # text_field / label_field stay None: TFDS glue/sst2's sentence / label, a file's text / label.
+    cfg.data.source = "tfds"
+    cfg.data.name = "glue/sst2"
+    cfg.data.train_split, cfg.data.eval_split = "train", "validation"
+    cfg.data.label_names = ("negative", "positive")
+    cfg.data.max_train, cfg.data.max_eval = 5000, None
     cfg.tokenizer.kind = "bert"
     cfg.tokenizer.path = "checkpoints/minilm"  # WordPiece vocab only; the model is random
     cfg.tokenizer.max_length = 48  # SST-2 dev: 99% of sentences <= 42 words

@@ -1,17 +1,27 @@
 """The paper's text CNN (sec. 3.2 / Table 1: embedding 128, conv1d k=5 x2, conv1d k=1,
-global max pool, dense; biases present; randomly initialised) on SST-2 (real data,
-../shared/data/sst2) with a word vocabulary: the per-layer cancellation study at CPU
-scale (AG News needs TFDS downloads; configs/agnews_cnn.py is the paper's setting).
+global max pool, dense; biases present; randomly initialised) on SST-2 with a word
+vocabulary: the per-layer cancellation study at CPU scale (configs/agnews_cnn.py is the
+paper's setting).
+
+Data: TFDS ``glue/sst2`` (field ``sentence``, labels negative / positive; train split
+``train``, eval split ``validation``), 5,000 training sentences. Local CSV files with
+columns ``text,label`` (0 = negative, 1 = positive) instead:
+    --config.data.source=files --config.data.files.train=PATH --config.data.files.eval=PATH
 
     tracin-jax train --config configs/sst2_cnn.py --workdir experiments/out/sst2_cnn
 """
-from tracin_jax.config import base_config, use_cnn, use_sst2_csv
+from tracin_jax.config import base_config, use_cnn
 
 
 def get_config():
     cfg = base_config()
     cfg.name = "sst2_cnn"
-    use_sst2_csv(cfg, max_train=5000)
+    # text_field / label_field stay None: TFDS glue/sst2's sentence / label, a file's text / label.
+    cfg.data.source = "tfds"
+    cfg.data.name = "glue/sst2"
+    cfg.data.train_split, cfg.data.eval_split = "train", "validation"
+    cfg.data.label_names = ("negative", "positive")
+    cfg.data.max_train, cfg.data.max_eval = 5000, None
     cfg.tokenizer.max_length = 48
     use_cnn(cfg, vocab_size=10000, min_freq=1, embed_dim=128,
             filters=10,  # sec. 3.2: "filter size 10"

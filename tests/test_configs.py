@@ -6,12 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from tracin_jax.config import from_json, load_config, to_json
+from tracin_jax.config import apply_overrides, from_json, load_config, to_json
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
 
-SST2_FILES = {"train": "../shared/data/sst2/train.csv", "validation": "../shared/data/sst2/dev.csv"}
+# SST-2 from TFDS glue/sst2; the fields stay None (the source's default) so local csv files
+# with columns text,label work via --config.data.source=files --config.data.files.*=PATH.
+SST2_DATA = {"data.source": "tfds", "data.name": "glue/sst2", "data.train_split": "train",
+             "data.eval_split": "validation", "data.text_field": None, "data.label_field": None,
+             "data.pair_field": None, "data.label_names": ("negative", "positive"),
+             "data.files": {"train": None, "eval": None}, "data.columns": None,
+             "data.encoding": "utf-8", "data.max_eval": None}
 BERT_SMALL = "checkpoints/bert_uncased_L-2_H-128_A-2"
 TOXICITY_DATA = {"data.source": "tfds", "data.name": "wikipedia_toxicity_subtypes",
                  "data.train_split": "train", "data.eval_split": "validation",
@@ -26,9 +32,7 @@ PAPER_SGD = {"train.optimizer": "sgd", "train.momentum": 0.9, "train.schedule": 
 # config name -> {dotted key: value}
 PINNED = {
     "sst2_minilm": {
-        "data.source": "csv", "data.name": "sst2", "data.files": SST2_FILES,
-        "data.train_split": "train", "data.eval_split": "validation",
-        "data.label_names": ("negative", "positive"), "data.max_train": 10000, "data.max_eval": None,
+        **SST2_DATA, "data.max_train": 10000,
         "tokenizer.kind": "bert", "tokenizer.path": None, "tokenizer.max_length": 64,
         "model.kind": "bert", "model.hf_dir": "checkpoints/minilm",
         "train.optimizer": "adamw", "train.lr": 5e-5, "train.weight_decay": 0.0,
@@ -36,7 +40,7 @@ PINNED = {
         "train.batch_size": 32, "train.checkpoint_every_epochs": 0, "train.checkpoint_every_steps": 100,
     },
     "sst2_bert_tiny": {
-        "data.source": "csv", "data.name": "sst2", "data.files": SST2_FILES, "data.max_train": 5000,
+        **SST2_DATA, "data.max_train": 5000,
         "tokenizer.kind": "bert", "tokenizer.path": "checkpoints/minilm", "tokenizer.max_length": 48,
         "model.kind": "bert", "model.hf_dir": None, "model.hidden_size": 128,
         "model.num_hidden_layers": 2, "model.num_attention_heads": 2, "model.intermediate_size": 512,
@@ -46,8 +50,20 @@ PINNED = {
         "train.schedule": "linear", "train.warmup_steps": 50, "train.epochs": 3,
         "train.checkpoint_every_epochs": 1, "test_points.per_class": 5,
     },
+    "sst2_bert_word": {
+        **SST2_DATA, "data.max_train": 5000,
+        "tokenizer.kind": "word", "tokenizer.path": None, "tokenizer.vocab_size": 5000,
+        "tokenizer.min_freq": 1, "tokenizer.max_length": 48,
+        "model.kind": "bert", "model.hf_dir": None, "model.vocab_size": None, "model.hidden_size": 128,
+        "model.num_hidden_layers": 2, "model.num_attention_heads": 2, "model.intermediate_size": 512,
+        "model.max_position_embeddings": 64, "model.hidden_dropout_prob": 0.1,
+        "model.attention_probs_dropout_prob": 0.1,
+        "train.optimizer": "adamw", "train.lr": 5e-4, "train.weight_decay": 0.01,
+        "train.schedule": "linear", "train.warmup_steps": 50, "train.epochs": 3, "train.batch_size": 32,
+        "train.checkpoint_every_epochs": 1, "test_points.per_class": 5,
+    },
     "sst2_cnn": {
-        "data.source": "csv", "data.name": "sst2", "data.files": SST2_FILES, "data.max_train": 5000,
+        **SST2_DATA, "data.max_train": 5000,
         "tokenizer.kind": "word", "tokenizer.vocab_size": 10000, "tokenizer.min_freq": 1,
         "tokenizer.max_length": 48,
         "model.kind": "cnn", "model.embed_dim": 128, "model.filters": 10, "model.kernel_sizes": (5, 5, 1),
@@ -108,7 +124,7 @@ def configs():
 
 
 def test_config_dir_is_found():
-    assert {"demo", "sst2_minilm", "toxicity_bert_tiny"} <= {p.stem for p in CONFIG_FILES}
+    assert {"demo", "sst2_minilm", "sst2_bert_word", "toxicity_bert_tiny"} <= {p.stem for p in CONFIG_FILES}
     assert set(PINNED) <= {p.stem for p in CONFIG_FILES}
 
 
@@ -123,8 +139,9 @@ def test_config_is_valid(path, configs):
     cfg = configs[path.stem]
     assert cfg.name == path.stem
     assert cfg.data.source in SOURCES
-    if cfg.data.source in ("csv", "tsv", "jsonl"):
-        assert {cfg.data.train_split, cfg.data.eval_split} <= set(cfg.data.files)
+    if cfg.data.source not in ("synthetic", "tfds"):
+        files = {k for k, v in cfg.data.files.items() if v is not None}
+        assert {cfg.data.train_split, "train"} & files and {cfg.data.eval_split, "eval"} & files
     assert cfg.tokenizer.kind in TOKENIZER_KINDS
     # The library's own builders reject unknown optimizers / schedules / model kinds.
     make_optimizer(cfg.train, make_schedule(cfg.train, total_steps=100), params={})
@@ -155,3 +172,38 @@ def test_pinned_values(name, configs):
     cfg = configs[name]
     wrong = {key: (_get(cfg, key), want) for key, want in PINNED[name].items() if _get(cfg, key) != want}
     assert not wrong, f"{name}: (got, pinned) {wrong}"
+
+
+def _strings(node, prefix=""):
+    for key, value in node.items():
+        if hasattr(value, "items"):
+            yield from _strings(value, f"{prefix}{key}.")
+        elif isinstance(value, str):
+            yield f"{prefix}{key}", value
+        elif isinstance(value, tuple):
+            yield from ((f"{prefix}{key}", v) for v in value if isinstance(v, str))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_config_paths_stay_inside_the_repository(path, configs):
+    """A user's clone has only the repository: no config value may point outside it."""
+    outside = {key: value for key, value in _strings(configs[path.stem].to_dict())
+               if value.startswith(("/", "~")) or ".." in Path(value).parts}
+    assert not outside, f"{path.stem}: {outside}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in PINNED if n.startswith("sst2_")))
+def test_sst2_configs_read_local_csv_files_by_override(name, tmp_path):
+    """--config.data.source=files --config.data.files.train/eval=PATH: csv columns text,label."""
+    from tracin_jax.data import load_splits
+
+    train, dev = tmp_path / "train.csv", tmp_path / "dev.csv"
+    train.write_text("text,label\na gripping film,1\ndull and long,0\nfine work,1\n", encoding="utf-8")
+    dev.write_text("text,label\nnot good,0\ngreat,1\n", encoding="utf-8")
+    cfg = apply_overrides(load_config(CONFIG_DIR / f"{name}.py"),
+                          ["--config.data.source=files", f"--config.data.files.train={train}",
+                           f"--config.data.files.eval={dev}"])
+    splits = load_splits(cfg.data)
+    assert splits["train"].texts == ("a gripping film", "dull and long", "fine work")
+    assert list(splits["train"].labels) == [1, 0, 1] and list(splits["eval"].labels) == [0, 1]
+    assert splits["eval"].label_names == ("negative", "positive")

@@ -134,9 +134,6 @@ def base_config() -> ml_collections.ConfigDict:
 # arguments, so a config file still says which dataset, model and optimizer it uses; only
 # what is fixed by the dataset's files or by the paper is filled in here.
 
-SST2_CSV_FILES = {"train": "../shared/data/sst2/train.csv", "validation": "../shared/data/sst2/dev.csv"}
-
-
 def use_tfds(cfg: ml_collections.ConfigDict, name: str, *, train_split: str, eval_split: str,
              text_field: str, label_field: str, max_train: int | None, max_eval: int | None,
              pair_field: str | None = None) -> ml_collections.ConfigDict:
@@ -157,23 +154,33 @@ def use_tfds(cfg: ml_collections.ConfigDict, name: str, *, train_split: str, eva
     return cfg
 
 
-def use_sst2_csv(cfg: ml_collections.ConfigDict, *, max_train: int | None) -> ml_collections.ConfigDict:
-    """SST-2 (GLUE) from the CSV files in ``../shared/data/sst2`` (:data:`SST2_CSV_FILES`).
+def use_files(cfg: ml_collections.ConfigDict, *, train: str, eval: str, text: str = "text",
+              text_pair: str | None = None, label: str = "label",
+              label_names: tuple[str, ...] | None = None, columns: tuple[str, ...] | None = None,
+              max_train: int | None = None, max_eval: int | None = None,
+              name: str | None = None) -> ml_collections.ConfigDict:
+    """Data from local files ``train`` and ``eval`` (``data.source = 'files'``).
 
-    Columns ``text`` / ``label``; labels ``('negative', 'positive')``; ``train.csv`` is the
-    train split (first ``max_train`` rows kept, None: all), the whole ``dev.csv`` the eval
-    split ``validation``. ``data.name = 'sst2'`` is the label reports and sweep tables carry.
+    The reader follows each file's extension (.csv, .tsv, .jsonl / .json lines, .parquet;
+    see ``tracin_jax.data.sources``). ``text`` / ``text_pair`` / ``label``: the column
+    names; ``label_names``: the class names (None: inferred from the files, with a
+    warning); ``columns``: csv / tsv without a header row, the names of its columns in
+    order (None: the first row is the header); ``max_train`` / ``max_eval``: rows
+    subsampled from each file (None: all); ``name``: the label reports carry (None:
+    ``'files'``). The splits are called ``train`` and ``eval``.
     """
-    cfg.data.source = "csv"
-    cfg.data.name = "sst2"
-    cfg.data.files = dict(SST2_CSV_FILES)
+    cfg.data.source = "files"
+    cfg.data.name = name or "files"
+    cfg.data.files = {"train": train, "eval": eval}
     cfg.data.train_split = "train"
-    cfg.data.eval_split = "validation"
-    cfg.data.text_field = "text"
-    cfg.data.label_field = "label"
-    cfg.data.label_names = ("negative", "positive")
+    cfg.data.eval_split = "eval"
+    cfg.data.text_field = text
+    cfg.data.pair_field = text_pair
+    cfg.data.label_field = label
+    cfg.data.label_names = None if label_names is None else tuple(label_names)
+    cfg.data.columns = None if columns is None else tuple(columns)
     cfg.data.max_train = max_train
-    cfg.data.max_eval = None
+    cfg.data.max_eval = max_eval
     return cfg
 
 

@@ -1,7 +1,11 @@
-"""Data: text sources → `TextDataset` → tokenizer → `EncodedDataset` → fixed-shape batches."""
+"""Data: text sources → `TextDataset` → tokenizer → `EncodedDataset` → fixed-shape batches.
+
+Sources: synthetic, TFDS, local csv / tsv / jsonl / parquet files (`sources`, `files`),
+text or pre-tokenised rows."""
 from tracin_jax.data.batching import (batch_order, batch_padded_length, check_right_padded, epoch_permutation,
                                       iterate_batches, num_batches, sequence_lengths)
 from tracin_jax.data.dataset import TextDataset, select_test_points, subsample_indices
+from tracin_jax.data.files import EXTENSIONS, FORMATS, format_for, read_table
 from tracin_jax.data.sources import SOURCES, default_data_config, load_splits
 from tracin_jax.data.synthetic import SyntheticCorpus, default_synthetic_config, make_synthetic
 from tracin_jax.data.tokenize import (
@@ -12,9 +16,12 @@ from tracin_jax.data.tokenize import (
     default_tokenizer_config,
     encode_dataset,
     load_tokenizer,
+    pack_token_ids,
 )
 
 __all__ = [
+    "EXTENSIONS",
+    "FORMATS",
     "SOURCES",
     "Encoded",
     "EncodedDataset",
@@ -30,11 +37,14 @@ __all__ = [
     "default_tokenizer_config",
     "encode_dataset",
     "epoch_permutation",
+    "format_for",
     "iterate_batches",
     "load_splits",
     "load_tokenizer",
     "make_synthetic",
     "num_batches",
+    "pack_token_ids",
+    "read_table",
     "select_test_points",
     "sequence_lengths",
     "subsample_indices",

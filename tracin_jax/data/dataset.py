@@ -1,5 +1,10 @@
 """`TextDataset`: the in-memory text classification split every source produces.
 
+An example is either text (`texts`, optional `text_pairs`: the tokenizer encodes it)
+or pre-tokenised (`token_ids`, with optional `token_masks` / `token_types`: packed
+to `[N, L]` as given, see `tokenize.encode_dataset`); a pre-tokenised dataset may
+still carry texts for display, or empty strings.
+
 Also the two seeded index pickers used around it: deterministic subsampling of a
 split (`subsample_indices`) and class-balanced test-point selection
 (`select_test_points`).
@@ -25,6 +30,10 @@ class TextDataset:
         survive subsampling and `subset`.
       label_names: class names; class `c` is `label_names[c]`.
       name: where the split came from, e.g. ``"ag_news_subset:train"``.
+      token_ids: None (text examples), or `N` 1-D int64 arrays: each example's token
+        ids as the file gave them (special tokens included), not yet padded.
+      token_masks: None (all ones), or `N` arrays of 0/1 as long as `token_ids[i]`.
+      token_types: None (all zeros), or `N` int arrays as long as `token_ids[i]`.
     """
 
     texts: tuple[str, ...]
@@ -33,6 +42,9 @@ class TextDataset:
     ids: np.ndarray
     label_names: tuple[str, ...]
     name: str = ""
+    token_ids: tuple[np.ndarray, ...] | None = None
+    token_masks: tuple[np.ndarray, ...] | None = None
+    token_types: tuple[np.ndarray, ...] | None = None
 
     def __post_init__(self):
         texts = tuple(self.texts)
@@ -55,11 +67,44 @@ class TextDataset:
                              f"for label_names {label_names}")
         if len(np.unique(ids)) != n:
             raise ValueError(f"TextDataset {self.name!r}: ids are not unique")
+        token_ids, masks, types = self._check_tokens(n)
         object.__setattr__(self, "texts", texts)
         object.__setattr__(self, "text_pairs", pairs)
+        object.__setattr__(self, "token_ids", token_ids)
+        object.__setattr__(self, "token_masks", masks)
+        object.__setattr__(self, "token_types", types)
         object.__setattr__(self, "labels", labels.astype(np.int32))
         object.__setattr__(self, "ids", ids.astype(np.int64))
         object.__setattr__(self, "label_names", label_names)
+
+    def _check_tokens(self, n: int):
+        """token_ids / masks / types as tuples of 1-D int64 arrays, one per example, or None."""
+        if self.token_ids is None:
+            if self.token_masks is not None or self.token_types is not None:
+                raise ValueError(f"TextDataset {self.name!r}: token_masks / token_types without token_ids")
+            return None, None, None
+        out = []
+        for key in ("token_ids", "token_masks", "token_types"):
+            seqs = getattr(self, key)
+            if seqs is None:
+                out.append(None)
+                continue
+            seqs = tuple(np.asarray(s) for s in seqs)
+            if len(seqs) != n:
+                raise ValueError(f"TextDataset {self.name!r}: {n} examples but {len(seqs)} {key}")
+            for i, s in enumerate(seqs):
+                if s.ndim != 1 or (s.size and not np.issubdtype(s.dtype, np.integer)):
+                    raise ValueError(f"TextDataset {self.name!r}: {key}[{i}] must be a 1-D integer array, "
+                                     f"got {s.dtype} of shape {s.shape}")
+                if out and s.shape != out[0][i].shape:
+                    raise ValueError(f"TextDataset {self.name!r}: {key}[{i}] has {s.size} entries but "
+                                     f"token_ids[{i}] has {out[0][i].size}")
+            out.append(tuple(s.astype(np.int64) for s in seqs))
+        return tuple(out)
+
+    @property
+    def pretokenized(self) -> bool:
+        return self.token_ids is not None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -83,12 +128,19 @@ class TextDataset:
             raise ValueError(f"subset index out of range [0, {len(self)}): min {idx.min()}, "
                              f"max {idx.max()}")
         pairs = None if self.text_pairs is None else tuple(self.text_pairs[i] for i in idx)
+
+        def pick(seqs):
+            return None if seqs is None else tuple(seqs[i] for i in idx)
+
         return TextDataset(texts=tuple(self.texts[i] for i in idx), text_pairs=pairs,
                            labels=self.labels[idx], ids=self.ids[idx],
-                           label_names=self.label_names, name=self.name)
+                           label_names=self.label_names, name=self.name,
+                           token_ids=pick(self.token_ids), token_masks=pick(self.token_masks),
+                           token_types=pick(self.token_types))
 
     def fingerprint(self) -> str:
-        """sha256 hex digest over ids, labels, texts and text pairs (order matters)."""
+        """sha256 hex digest over ids, labels, texts, text pairs and, when pre-tokenised,
+        the token ids, masks and types (order matters; text-only datasets hash as before)."""
         h = hashlib.sha256()
         h.update(self.ids.astype("<i8").tobytes())
         h.update(self.labels.astype("<i4").tobytes())
@@ -99,6 +151,14 @@ class TextDataset:
                 raw = text.encode("utf-8")
                 h.update(len(raw).to_bytes(8, "little"))  # length prefix: no concatenation ambiguity
                 h.update(raw)
+        if self.token_ids is not None:
+            for key in ("token_ids", "token_masks", "token_types"):
+                seqs = getattr(self, key)
+                h.update(f"{key}:{'none' if seqs is None else 'set'}".encode())
+                for seq in seqs or ():
+                    raw = seq.astype("<i8").tobytes()
+                    h.update(len(raw).to_bytes(8, "little"))
+                    h.update(raw)
         return h.hexdigest()
 
 

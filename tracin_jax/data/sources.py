@@ -1,23 +1,50 @@
-"""Text sources → `TextDataset` splits: synthetic, TFDS, csv / tsv / jsonl files.
+"""Text sources → `TextDataset` splits: synthetic, TFDS, local csv / tsv / jsonl / parquet files.
 
 `load_splits(data_cfg)` is the one entry point. Every source goes through the
 same steps: raw records of a split (a random-access sequence of mappings) →
 seeded subsample of row positions (`max_train` / `max_eval`) → decode, map labels
 and check the selected rows → `TextDataset` with `ids` = source row index.
-Validation therefore applies to the selected rows.
+Validation therefore applies to the selected rows (label names, when inferred, are
+inferred from all rows of both splits).
 
 TFDS: `ag_news_subset` (field `description`, 4 classes), `glue/mnli` (premise /
-hypothesis pairs, eval split `validation_matched`) and `wikipedia_toxicity_subtypes`
+hypothesis pairs, eval split `validation_matched`), `glue/sst2` (field `sentence`,
+labels negative / positive, eval split `validation`) and `wikipedia_toxicity_subtypes`
 (label = `toxicity >= 0.5`) have built-in field defaults (SPEC "Paper settings");
 any other TFDS name works given `text_field` and `label_field`.
+
+Local files (`tracin_jax.data.files`): `data.files` maps `"train"` and `"eval"` (or
+the split names `train_split` / `eval_split`) to paths. `source` = `csv`, `tsv`,
+`jsonl` or `parquet` reads every file in that format; `files` picks the reader by
+each file's extension (.csv, .tsv, .jsonl / .json (JSON lines), .parquet).
+csv / tsv files start with a header naming the columns unless `data.columns` names
+them (then the file has no header). csv / tsv / jsonl are decoded with
+`data.encoding` (default utf-8); an undecodable byte is a `DataError` naming the
+file, row and byte offset. Field defaults: `text_field="text"`, `label_field="label"`.
+
+Pre-tokenised files: a file with an `input_ids` column (jsonl: whose first row has
+an `input_ids` key) holds token ids instead of text, in every row: a list of ints
+(csv / tsv: ints separated by spaces or commas), already with the model's special
+tokens, plus optional `attention_mask` / `token_type_ids` of the same length. The
+split is then a `TextDataset` with `token_ids` (texts empty unless the file also has
+the text field) and `encode_dataset` pads the ids to `[N, L]` with the tokenizer's
+pad id instead of tokenizing. A row without ids in such a file (or with ids in a
+text file) is a `DataError`; train and eval must both be text or both token ids.
+Rows with empty text / no ids: `DataError`, or skipped with `drop_empty=True`.
+
+Labels are strict: with `label_names` set, a label must be one of them or an integer
+in `[0, len(label_names))`; without, integer labels must cover `0..max` (a stray
+label such as 7 in a binary task is a `DataError` naming file, row and value) and
+string labels become sorted names. Inferred names are logged as a warning. A split
+that ends up with no rows (an empty or header-only file, `max_train=0`, every row
+dropped) is a `DataError` naming the file and split.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,14 +53,17 @@ import ml_collections
 import numpy as np
 from ml_collections.config_dict import placeholder
 
+from tracin_jax.data import files as file_io
 from tracin_jax.data.dataset import TextDataset, subsample_indices
 from tracin_jax.data.synthetic import default_synthetic_config, make_synthetic
+from tracin_jax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "tfds", "csv", "tsv", "jsonl")
+SOURCES = ("synthetic", "tfds", "csv", "tsv", "jsonl", "parquet", "files")
 _TRAIN_STREAM, _EVAL_STREAM = 0, 1  # subsampling seeds [seed, stream]: train and eval differ
 _INT_RE = re.compile(r"[+-]?\d+")
+_LABEL_HINT = "set data.label_names, or fix the label"
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -42,9 +72,13 @@ def default_data_config() -> ml_collections.ConfigDict:
         source="synthetic",  # one of SOURCES
         name="synthetic",  # TFDS name, or a label for file sources
         tfds_data_dir=placeholder(str),
-        train_split="train",  # TFDS split, or key of `files`
+        train_split="train",  # TFDS split; names the file splits
         eval_split="test",
-        files={},  # split -> path, for csv / tsv / jsonl
+        # "train" / "eval" (or the split names) -> path, for csv / tsv / jsonl / parquet / files;
+        # predeclared so --config.data.files.train=PATH works with every config
+        files=dict(train=placeholder(str), eval=placeholder(str)),
+        columns=placeholder(tuple),  # csv / tsv: None = header row; else the headerless file's columns
+        encoding="utf-8",  # text encoding of csv / tsv / jsonl files
         text_field=placeholder(str),  # None: the TFDS dataset's default, or "text"
         pair_field=placeholder(str),  # second segment (MNLI hypothesis) or None
         label_field=placeholder(str),  # None: the TFDS dataset's default, or "label"
@@ -53,7 +87,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         max_train=placeholder(int),  # None = all rows
         max_eval=placeholder(int),
         seed=0,  # subsampling seed
-        drop_empty=False,  # empty text: False -> ValueError, True -> skip, counted in the log
+        drop_empty=False,  # empty text / no ids: False -> DataError, True -> skip, counted in the log
         synthetic=default_synthetic_config(),
     ))
 
@@ -79,6 +113,7 @@ class _TfdsSpec:
 _TFDS_SPECS = {
     "ag_news_subset": _TfdsSpec("description", None, "label", None, None, "data_source"),
     "glue/mnli": _TfdsSpec("premise", "hypothesis", "label", None, None, "load"),
+    "glue/sst2": _TfdsSpec("sentence", None, "label", None, None, "load"),
     # Toxicity: binary label from the crowd score, toxic iff toxicity >= 0.5 (paper sec. 5).
     "wikipedia_toxicity_subtypes": _TfdsSpec("text", None, "toxicity", ("not_toxic", "toxic"), 0.5,
                                              "load"),
@@ -94,14 +129,21 @@ def load_splits(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """
     source = data_cfg.source
     if source not in SOURCES:
-        raise ValueError(f"data.source={source!r}; expected one of {SOURCES}")
+        raise ConfigError(f"data.source={source!r} is not a data source", f"use one of {SOURCES}")
     if source == "synthetic":
         corpus = make_synthetic(data_cfg.synthetic)
-        return {
+        out = {
             "train": _subsample(corpus.train, data_cfg.max_train, [data_cfg.seed, _TRAIN_STREAM]),
             "eval": _subsample(corpus.eval, data_cfg.max_eval, [data_cfg.seed, _EVAL_STREAM]),
             "ground_truth": corpus.ground_truth,
         }
+        for key, max_key in (("train", "max_train"), ("eval", "max_eval")):
+            if not len(out[key]):
+                raise DataError(f"synthetic: split {key!r} has no rows (data.{max_key}="
+                                f"{data_cfg[max_key]}, data.synthetic.num_{key}="
+                                f"{data_cfg.synthetic.get(f'num_{key}')})",
+                                f"set data.{max_key} to None or at least 1")
+        return out
     if source == "tfds":
         return _load_tfds(data_cfg)
     return _load_files(data_cfg)
@@ -114,33 +156,40 @@ def _subsample(ds: TextDataset, max_n: int | None, seed) -> TextDataset:
 # ----------------------------------------------------------------------------- records → dataset
 
 
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0:
+        return value.item()
+    return value
+
+
 def _as_text(value: Any, field: str, row: int, where: str) -> str:
-    if isinstance(value, np.ndarray) and value.shape == ():
-        value = value.item()
+    value = _plain(value)
     if isinstance(value, bytes):
-        return value.decode("utf-8")
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: row {row} field {field!r} is not valid utf-8 (byte {e.start} "
+                            "of the field)", "fix the data") from None
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise ValueError(f"{where}: row {row} field {field!r} is {type(value).__name__} {value!r}, "
-                         "expected text")
+        raise DataError(f"{where}: row {row} field {field!r} is {type(value).__name__} {value!r}, "
+                        "expected text", "point data.text_field / data.pair_field at a text field")
     return value
 
 
 def _label_index(value: Any, fields: _Fields, names: Sequence[str] | None, row: int, where: str) -> int:
     """Maps a raw label to a class index: threshold, else name lookup, else integer."""
-    if isinstance(value, np.ndarray) and value.shape == ():
-        value = value.item()
-    if isinstance(value, np.generic):
-        value = value.item()
+    value = _plain(value)
     if isinstance(value, bytes):
-        value = value.decode("utf-8")
+        value = value.decode("utf-8", errors="replace")
     if fields.threshold is not None:
         try:
             return int(float(value) >= fields.threshold)
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: row {row} label {value!r} in {fields.label!r} is not a number "
-                             f"(label_threshold={fields.threshold})") from None
+            raise DataError(f"{where}: row {row} label {value!r} in {fields.label!r} is not a number "
+                            f"(label_threshold={fields.threshold})",
+                            "fix the label, or unset data.label_threshold") from None
     index = None
     if isinstance(value, str):
         if names is not None and value in names:
@@ -155,139 +204,216 @@ def _label_index(value: Any, fields: _Fields, names: Sequence[str] | None, row: 
         index = int(value)
     n = None if names is None else len(names)
     if index is None or index < 0 or (n is not None and index >= n):
-        raise ValueError(f"{where}: row {row} has unknown label {value!r} in field {fields.label!r}; "
-                         f"known label_names: {None if names is None else tuple(names)}")
+        known = "" if names is None else f" (class indices 0..{n - 1})"
+        raise DataError(f"{where}: row {row} has unknown label {value!r} in field {fields.label!r}; "
+                        f"known label_names: {None if names is None else tuple(names)}{known}",
+                        _LABEL_HINT)
     return index
 
 
-def _records_to_dataset(records: Sequence[Mapping[str, Any]], positions: np.ndarray, fields: _Fields,
+def _records_to_dataset(table: file_io.Table, positions: np.ndarray, fields: _Fields,
                         label_names: Sequence[str], drop_empty: bool, name: str,
-                        where: str) -> TextDataset:
-    """Decodes the rows at `positions`; ids = positions. Empty text: error, or skip when asked."""
+                        split: str) -> TextDataset:
+    """Decodes the rows at `positions`; ids = positions. Empty text / ids: error, or skip."""
+    where, tok = table.path, table.pretokenized
+    with_pairs = fields.pair is not None and (table.has_pair or not tok)
     texts, pairs, labels, ids, empty = [], [], [], [], []
+    tokens = {key: [] for key in file_io.TOKEN_FIELDS}
     for pos in positions:
         row = int(pos)
-        rec = records[row]
-        text = _as_text(rec[fields.text], fields.text, row, where)
-        pair = None if fields.pair is None else _as_text(rec[fields.pair], fields.pair, row, where)
-        if not text.strip() or (pair is not None and not pair.strip()):
+        rec = table[row]
+        get = rec.get if tok else rec.__getitem__  # pre-tokenised: text / pair only for display
+        text = _as_text(get(fields.text), fields.text, row, where) if table.has_text else ""
+        pair = _as_text(get(fields.pair), fields.pair, row, where) if with_pairs else None
+        if tok:
+            missing = None if rec["input_ids"].size else "input_ids"
+        elif not text.strip():
+            missing = fields.text
+        elif pair is not None and not pair.strip():
+            missing = fields.pair
+        else:
+            missing = None
+        if missing is not None:
             if not drop_empty:
-                raise ValueError(f"{where}: row {row} has empty text in field "
-                                 f"{fields.pair if text.strip() else fields.text!r}; "
-                                 "set data.drop_empty=True to skip such rows")
+                what = "no token ids in field 'input_ids'" if tok else f"empty text in field {missing!r}"
+                raise DataError(f"{where}: row {row} has {what}", "set data.drop_empty=True to skip such rows")
             empty.append(row)
             continue
+        labels.append(_label_index(rec[fields.label], fields, label_names, row, where))
         texts.append(text)
         pairs.append(pair)
-        labels.append(_label_index(rec[fields.label], fields, label_names, row, where))
         ids.append(row)
+        if tok:
+            for key in file_io.TOKEN_FIELDS:
+                if key in rec:
+                    tokens[key].append(rec[key])
     if empty:
-        log.warning("%s: skipped %d rows with empty text (drop_empty=True), first ids %s", where,
-                    len(empty), empty[:10])
-    return TextDataset(texts=tuple(texts), text_pairs=None if fields.pair is None else tuple(pairs),
+        log.warning("%s: skipped %d rows with %s (drop_empty=True), first ids %s", where, len(empty),
+                    "no token ids" if tok else "empty text", empty[:10])
+    if not ids:
+        raise DataError(f"{where}: split {split!r} has no rows left: all {len(positions)} selected rows "
+                        f"have {'no token ids' if tok else 'empty text'} and data.drop_empty=True skips them",
+                        "fix the file, or select other rows")
+    return TextDataset(texts=tuple(texts), text_pairs=tuple(pairs) if with_pairs else None,
                        labels=np.asarray(labels, np.int32).reshape(-1),
                        ids=np.asarray(ids, np.int64).reshape(-1),
-                       label_names=tuple(label_names), name=name)
+                       label_names=tuple(label_names), name=name,
+                       token_ids=tuple(tokens["input_ids"]) if tok else None,
+                       token_masks=tuple(tokens["attention_mask"]) if tokens["attention_mask"] else None,
+                       token_types=tuple(tokens["token_type_ids"]) if tokens["token_type_ids"] else None)
 
 
-def _split_datasets(cfg, read_split, fields: _Fields, label_names, where_of) -> dict[str, TextDataset]:
-    """Reads both splits, infers label names from all their rows if needed, subsamples, decodes."""
-    raw = {"train": read_split(cfg.train_split), "eval": read_split(cfg.eval_split)}
+def _split_datasets(cfg, read_split, fields: _Fields, label_names) -> dict[str, TextDataset]:
+    """Reads both splits, infers label names from all their rows if needed, subsamples, decodes.
+
+    `read_split(role, split)` returns a `files.Table`-like object (`path`, `pretokenized`,
+    `has_text`, `has_pair`, `len()` and row access)."""
+    split_of = {"train": cfg.train_split, "eval": cfg.eval_split}
+    raw = {key: read_split(key, split_of[key]) for key in ("train", "eval")}
+    if raw["train"].pretokenized != raw["eval"].pretokenized:
+        kind = {True: "token ids (input_ids)", False: "text"}
+        raise DataError(f"{raw['train'].path} (train) holds {kind[raw['train'].pretokenized]} but "
+                        f"{raw['eval'].path} (eval) holds {kind[raw['eval'].pretokenized]}",
+                        "give both splits text, or both token ids from the same tokenizer")
     if label_names is None:
-        label_names = _infer_label_names(
-            [rec[fields.label] for split in raw.values() for rec in split], fields)
+        label_names = _infer_label_names(raw, fields)
     out = {}
-    for key, stream, max_n in (("train", _TRAIN_STREAM, cfg.max_train),
-                               ("eval", _EVAL_STREAM, cfg.max_eval)):
-        split = cfg.train_split if key == "train" else cfg.eval_split
-        positions = subsample_indices(len(raw[key]), max_n, [cfg.seed, stream])
-        out[key] = _records_to_dataset(raw[key], positions, fields, label_names, cfg.drop_empty,
-                                       f"{cfg.name}:{split}", where_of(split))
-        log.info("%s: %d of %d rows", where_of(split), len(out[key]), len(raw[key]))
+    for key, stream, max_key in (("train", _TRAIN_STREAM, "max_train"), ("eval", _EVAL_STREAM, "max_eval")):
+        table, split, max_n = raw[key], split_of[key], cfg[max_key]
+        positions = subsample_indices(len(table), max_n, [cfg.seed, stream])
+        if not len(positions):
+            raise DataError(f"{table.path}: split {split!r} has no rows left after subsampling "
+                            f"(data.{max_key}={max_n})", f"set data.{max_key} to None or at least 1")
+        out[key] = _records_to_dataset(table, positions, fields, label_names, cfg.drop_empty,
+                                       f"{cfg.name}:{split}", split)
+        log.info("%s: %d of %d rows", table.path, len(out[key]), len(table))
     return out
 
 
-def _infer_label_names(values: list, fields: _Fields) -> tuple[str, ...]:
-    """Integer labels → ('0', ..., str(max)); string labels → sorted unique names."""
+def _ranges(values: list[int]) -> str:
+    """[2, 3, 4, 6] → 'classes 2..4, 6'; [2] → 'class 2'."""
+    parts, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(str(v) if v == start else f"{start}..{v}")
+            start = None
+    return ("class " if len(values) == 1 else "classes ") + ", ".join(parts)
+
+
+def _infer_label_names(raw: Mapping[str, Any], fields: _Fields) -> tuple[str, ...]:
+    """Integer labels → ('0', ..., str(max)), every class present; string labels → sorted names.
+
+    Reads the labels of every row of both splits; a label set with a gap (e.g. {0, 1, 7})
+    or a negative or missing label is a `DataError` naming file, row and value.
+    """
     if fields.threshold is not None:
-        return ("0", "1")
-    decoded = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
-    decoded = [v.item() if isinstance(v, (np.generic, np.ndarray)) else v for v in decoded]
-    ints = [int(v) for v in decoded
-            if (isinstance(v, int) and not isinstance(v, bool)) or
-            (isinstance(v, str) and _INT_RE.fullmatch(v.strip()))]
-    if len(ints) == len(decoded):
-        names = tuple(str(i) for i in range(max(ints, default=-1) + 1))
+        names = ("0", "1")
     else:
-        names = tuple(sorted({str(v) for v in decoded}))
-    log.info("inferred label_names %s from field %r (set data.label_names to fix the order)", names,
-             fields.label)
+        entries = []  # (where, row, value), file order, train first
+        seen = set()
+        for table in raw.values():
+            if id(table) in seen:
+                continue
+            seen.add(id(table))
+            for row in range(len(table)):
+                value = _plain(table[row][fields.label])
+                if isinstance(value, bytes):
+                    value = value.decode("utf-8", errors="replace")
+                if value is None or (isinstance(value, str) and not value.strip()):
+                    raise DataError(f"{table.path}: row {row} has no label in field {fields.label!r}",
+                                    "fix the row")
+                entries.append((table.path, row, value))
+
+        def as_int(v):
+            if isinstance(v, bool):
+                return None
+            if isinstance(v, int):
+                return v
+            if isinstance(v, float) and v.is_integer():
+                return int(v)
+            if isinstance(v, str) and _INT_RE.fullmatch(v.strip()):
+                return int(v)
+            return None
+
+        ints = [as_int(v) for _, _, v in entries]
+        if all(i is not None for i in ints):
+            counts = Counter(ints)
+            present = sorted(counts)
+            if present and present[0] < 0:
+                where, row, _ = entries[ints.index(present[0])]
+                raise DataError(f"{where}: row {row} has label {present[0]} < 0; integer labels are class "
+                                "indices 0, 1, ...", _LABEL_HINT)
+            missing = sorted(set(range(present[-1] + 1)) - set(present)) if present else []
+            if missing:
+                # the likely stray: the rarest label above the first gap (ties: the largest)
+                stray = min((c for c in present if c > missing[0]), key=lambda c: (counts[c], -c))
+                where, row, _ = entries[ints.index(stray)]
+                raise DataError(f"{where}: labels {present} leave {_ranges(missing)} without examples "
+                                f"(row {row} has label {stray})", _LABEL_HINT)
+            names = tuple(str(i) for i in range(present[-1] + 1)) if present else ()
+        else:
+            names = tuple(sorted({str(v) for _, _, v in entries}))
+    log.warning("inferred label_names %s from field %r; set data.label_names to fix their order",
+                names, fields.label)
     return names
 
 
 # ----------------------------------------------------------------------------- local files
 
 
+def _check_columns(columns) -> tuple[str, ...] | None:
+    if columns is None:
+        return None
+    columns = tuple(columns)
+    if not columns or not all(isinstance(c, str) and c for c in columns) or len(set(columns)) != len(columns):
+        raise ConfigError(f"data.columns={columns!r} must be unique, non-empty column names",
+                          "e.g. --config.data.columns=\"('text', 'label')\", or None for a header row")
+    return columns
+
+
 def _load_files(cfg) -> dict[str, TextDataset]:
-    files = dict(cfg.files or {})
-    for split in (cfg.train_split, cfg.eval_split):
-        if split not in files:
-            raise ValueError(f"data.files has no entry for split {split!r}; it has {sorted(files)}")
-        if not Path(files[split]).is_file():
-            raise FileNotFoundError(f"data.files[{split!r}] = {files[split]} does not exist")
+    files = {k: v for k, v in dict(cfg.files or {}).items() if v is not None}
+    columns = _check_columns(cfg.get("columns", None))
+    encoding = file_io.check_encoding(cfg.get("encoding", None) or "utf-8")
+    if columns is not None and cfg.source in ("jsonl", "parquet"):
+        raise ConfigError(f"data.columns={columns} applies to csv / tsv files, not {cfg.source}",
+                          "set data.columns=None")
+
+    def path_of(role: str, split: str) -> Path:
+        keys = [k for k in dict.fromkeys((split, role)) if k in files]
+        if not keys:
+            also = "" if split == role else f" (nor {role!r})"
+            raise ConfigError(f"data.files has no entry for split {split!r}{also}; it has {sorted(files)}",
+                              f"set --config.data.files.{role}=PATH")
+        if len({str(files[k]) for k in keys}) > 1:
+            raise ConfigError(f"data.files[{keys[0]!r}] = {files[keys[0]]} and data.files[{keys[1]!r}] = "
+                              f"{files[keys[1]]} both name the {role} split", "set only one of them")
+        path = Path(str(files[keys[0]]))
+        if not path.is_file():
+            raise DataError(f"data.files[{keys[0]!r}] = {path} does not exist", "fix the path")
+        return path
+
+    paths = {role: path_of(role, split) for role, split in (("train", cfg.train_split),
+                                                            ("eval", cfg.eval_split))}
     fields = _Fields(text=cfg.text_field or "text", pair=cfg.pair_field,
                      label=cfg.label_field or "label", threshold=cfg.label_threshold)
-    wanted = [f for f in (fields.text, fields.pair, fields.label) if f is not None]
-    reader = _read_jsonl if cfg.source == "jsonl" else _read_delimited
     label_names = None if cfg.label_names is None else tuple(cfg.label_names)
-    return _split_datasets(cfg, lambda split: reader(Path(files[split]), wanted, cfg.source),
-                           fields, label_names, lambda split: str(files[split]))
+    tables = {}
 
+    def read_split(role: str, split: str) -> file_io.Table:
+        path = paths[role]
+        fmt = file_io.format_for(path) if cfg.source == "files" else cfg.source
+        key = (str(path.resolve()), fmt)
+        if key not in tables:  # train and eval may be the same file: read it once
+            tables[key] = file_io.read_table(path, fmt, text=fields.text, pair=fields.pair,
+                                             label=fields.label,
+                                             columns=columns if fmt in ("csv", "tsv") else None,
+                                             encoding=encoding, split=split)
+        return tables[key]
 
-def _read_delimited(path: Path, wanted: list[str], source: str) -> list[dict[str, str]]:
-    """csv (standard quoting) or tsv (GLUE layout: tab separated, header, no quoting)."""
-    if source == "tsv":
-        kwargs = dict(delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        kwargs = dict(delimiter=",")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, **kwargs)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path} is empty; expected a header row")
-        missing = [w for w in wanted if w not in header]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; available columns: {header}")
-        columns = [header.index(w) for w in wanted]
-        rows = []
-        for line in reader:
-            if not line:
-                continue  # blank line, not a row
-            if len(line) != len(header):
-                raise ValueError(f"{path}: row {len(rows)} has {len(line)} fields but the header has "
-                                 f"{len(header)}")
-            rows.append({w: line[c] for w, c in zip(wanted, columns)})
-    return rows
-
-
-def _read_jsonl(path: Path, wanted: list[str], source: str) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {line_no} is not JSON: {e}") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}: line {line_no} is {type(rec).__name__}, expected an object")
-            missing = [w for w in wanted if w not in rec]
-            if missing:
-                raise ValueError(f"{path}: row {len(rows)} (line {line_no}) is missing column(s) "
-                                 f"{missing}; available columns: {sorted(rec)}")
-            rows.append({w: rec[w] for w in wanted})
-    return rows
+    return _split_datasets(cfg, read_split, fields, label_names)
 
 
 # ----------------------------------------------------------------------------- TFDS
@@ -311,13 +437,14 @@ def _load_tfds(cfg) -> dict[str, TextDataset]:
         threshold=(cfg.label_threshold if cfg.label_threshold is not None
                    else (spec.label_threshold if spec else None)))
     if fields.text is None or fields.label is None:
-        raise ValueError(f"TFDS dataset {cfg.name!r} has no built-in field defaults; set "
-                         "data.text_field and data.label_field")
+        raise ConfigError(f"TFDS dataset {cfg.name!r} has no built-in field defaults",
+                          "set data.text_field and data.label_field")
     features = tfds.builder(cfg.name, data_dir=cfg.tfds_data_dir).info.features
     wanted = [f for f in (fields.text, fields.pair, fields.label) if f is not None]
     missing = [w for w in wanted if w not in features]
     if missing:
-        raise ValueError(f"TFDS {cfg.name}: missing feature(s) {missing}; available: {sorted(features)}")
+        raise ConfigError(f"TFDS {cfg.name}: missing feature(s) {missing}; available: {sorted(features)}",
+                          "set data.text_field / data.pair_field / data.label_field")
 
     label_names = None if cfg.label_names is None else tuple(cfg.label_names)
     if label_names is None and fields.threshold is None and hasattr(features[fields.label], "names"):
@@ -325,21 +452,27 @@ def _load_tfds(cfg) -> dict[str, TextDataset]:
     if label_names is None and spec is not None and spec.label_names is not None:
         label_names = spec.label_names
     if label_names is None:
-        raise ValueError(f"TFDS {cfg.name}: label field {fields.label!r} is not a ClassLabel; set "
-                         "data.label_names")
+        raise ConfigError(f"TFDS {cfg.name}: label field {fields.label!r} is not a ClassLabel",
+                          "set data.label_names")
     reader = spec.reader if spec is not None else "data_source"
 
-    def read_split(split: str):
+    def read_split(role: str, split: str) -> file_io.Table:
+        where = f"tfds:{cfg.name}:{split}"
+        records = None
         if reader == "data_source":
             try:
-                return tfds.data_source(cfg.name, split=split, data_dir=cfg.tfds_data_dir)
+                records = tfds.data_source(cfg.name, split=split, data_dir=cfg.tfds_data_dir)
             except Exception as e:  # e.g. data prepared as tfrecord, not array_record
                 log.warning("tfds.data_source(%r, %r) failed (%s: %s); reading with tfds.load",
                             cfg.name, split, type(e).__name__, e)
-        return _tfds_load_records(tfds, cfg.name, split, cfg.tfds_data_dir, wanted)
+        if records is None:
+            records = _tfds_load_records(tfds, cfg.name, split, cfg.tfds_data_dir, wanted)
+        if not len(records):
+            raise DataError(f"{where}: split {split!r} has no rows to read", "choose another split")
+        return file_io.Table(where, records, pretokenized=False, has_text=True,
+                             has_pair=fields.pair is not None)
 
-    return _split_datasets(cfg, read_split, fields, label_names,
-                           lambda split: f"tfds:{cfg.name}:{split}")
+    return _split_datasets(cfg, read_split, fields, label_names)
 
 
 def _tfds_load_records(tfds, name: str, split: str, data_dir: str | None,

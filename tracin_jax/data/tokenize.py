@@ -14,6 +14,9 @@ Over-long inputs are truncated longest-first to L tokens including the special
 tokens; the count is logged and returned as `Encoded.num_truncated` (SPEC: max
 sequence length 128).
 
+`encode_dataset` packs a pre-tokenised `TextDataset` (`token_ids` set) as given
+instead of tokenizing: padded with `pad_id`, cut to L (counted and logged likewise).
+
 `EncodedDataset` holds an encoded `TextDataset` as int arrays and round-trips
 through a directory of `.npy` files plus `meta.json`.
 """
@@ -32,6 +35,7 @@ import numpy as np
 from ml_collections.config_dict import placeholder
 
 from tracin_jax.data.dataset import TextDataset
+from tracin_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -435,9 +439,56 @@ class EncodedDataset:
 
 
 def encode_dataset(ds: TextDataset, tokenizer, max_length: int | None = None) -> EncodedDataset:
-    """Tokenizes `ds` (pairs when `ds.text_pairs` is set) into `[N, max_length]` arrays."""
-    enc = tokenizer.encode(ds.texts, ds.text_pairs, max_length=max_length)
+    """Tokenizes `ds` (pairs when `ds.text_pairs` is set) into `[N, max_length]` arrays.
+
+    A pre-tokenised `ds` (`ds.token_ids` set) is packed as given instead, see
+    `pack_token_ids`.
+    """
+    if ds.token_ids is not None:
+        enc = pack_token_ids(ds, tokenizer, max_length)
+    else:
+        enc = tokenizer.encode(ds.texts, ds.text_pairs, max_length=max_length)
     return EncodedDataset(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
                           token_type_ids=enc.token_type_ids, labels=ds.labels, ids=ds.ids,
                           pad_id=tokenizer.pad_id, label_names=ds.label_names, name=ds.name,
                           num_truncated=enc.num_truncated, source_fingerprint=ds.fingerprint())
+
+
+def pack_token_ids(ds: TextDataset, tokenizer, max_length: int | None = None) -> Encoded:
+    """Pads the pre-tokenised examples of `ds` to `[N, L]` with `tokenizer.pad_id`.
+
+    The ids are used as given (they must already hold the model's special tokens, e.g.
+    `[CLS] ... [SEP]`). With an attention mask, only its leading 1s are the example
+    (1s then 0s: right padding; anything else is refused). Examples longer than L are
+    cut to their first L tokens, counted in `num_truncated` and logged like text
+    truncation. Token ids < 0 or >= `tokenizer.vocab_size` are a `DataError`.
+    """
+    max_length = int(max_length or tokenizer.max_length)
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    vocab_size = int(tokenizer.vocab_size)
+    masks, types = ds.token_masks, ds.token_types
+    rows, num_truncated = [], 0
+    for i, ids in enumerate(ds.token_ids):
+        where = f"{ds.name or 'dataset'}: example id {int(ds.ids[i])}"
+        n = len(ids)
+        if masks is not None:
+            mask = masks[i]
+            n = int(np.count_nonzero(mask))
+            if not (np.isin(mask, (0, 1)).all() and mask[:n].all()):
+                raise DataError(f"{where} has attention_mask {mask.tolist()}, not 1s followed by 0s",
+                                "give right-padded rows (or no attention_mask)")
+        ids = ids[:n]
+        if n and (ids.min() < 0 or ids.max() >= vocab_size):
+            bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
+            raise DataError(f"{where} has token id {bad} outside the {tokenizer.kind} tokenizer's "
+                            f"vocabulary [0, {vocab_size})",
+                            "pre-tokenised input_ids must come from the tokenizer the run uses "
+                            "(tokenizer.kind / tokenizer.path)")
+        if n > max_length:
+            num_truncated += 1
+            n = max_length
+        type_ids = np.zeros(n, np.int64) if types is None else types[i][:n]
+        rows.append((ids[:n].tolist(), type_ids.tolist()))
+    _log_truncation(num_truncated, len(rows), max_length)
+    return _pack(rows, max_length, tokenizer.pad_id, num_truncated)
