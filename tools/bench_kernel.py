@@ -16,14 +16,30 @@ as ``token_vectors`` merges them. Then, in one process:
   Python loop over shared token ids with numpy dot products); timed here on a
   subsample and extrapolated per pair.
 - ``ratio_to_floor`` = retrieval time / max(time to read the training store once
-  with ``GradientStore.iter_shards``, useful FLOPs at the GEMM rate measured here),
+  with ``GradientStore.iter_shards`` (every read field file sha256-checked through a
+  memory map, as retrieval reads it), useful FLOPs at the GEMM rate measured here),
   useful FLOPs = 2·d per pair of matching tokens (the dense GEMM does 2·d·T·S per
   example pair, mostly on non-matching slots).
 
+``--store-dtype bfloat16`` (or ``float16``) stores ``vectors`` in that dtype; all of the
+above is then measured on that store, and the same data is also written as a float32
+store and compared (scores are accumulated in float32 either way):
+
+- ``bytes_on_disk``: training-store size of each; ``floor_ratio_vs_float32`` = read
+  floor of the D store / read floor of the float32 store; ``float32``: its read
+  floor, retrieval time and ``ratio_to_floor`` (default kernel);
+- ``topk_overlap_vs_float32``: mean over test points of |top-k proponents (D) ∩
+  top-k proponents (float32)| / k;
+- ``spearman_vs_float32``: mean per test point of the Spearman correlation of the
+  D and float32 scores over the union of both top-k proponent lists
+  (``spearman_all_vs_float32``: over all training examples);
+- ``max_rel_err_vs_float32``: max over all pairs |s_D − s_32| / max |s_32|.
+
 The last line printed is one JSON object.
 
-    python tools/bench_kernel.py                    # 50,000 x 100, d = 768 (~3 min on 2 CPU cores)
+    python tools/bench_kernel.py                    # 50,000 x 100, d = 768 (~1 min on 2 CPU cores)
     python tools/bench_kernel.py --train 5000       # quick
+    python tools/bench_kernel.py --store-dtype bfloat16 --backends sparse
 """
 from __future__ import annotations
 
@@ -55,14 +71,18 @@ class KernelTracInWETopK(TracInWETopK):
     def __init__(self, k: int, backend: str):
         super().__init__(k=k)
         self.backend = backend
-        self.kernel_seconds = 0.0
+        self._timer = [0.0]  # a list, so copies made by prepare() (bound methods) share it
+
+    @property
+    def kernel_seconds(self) -> float:
+        return self._timer[0]
 
     def score_block(self, test, train, step, mesh=None):
         start = time.perf_counter()
         a, b = self.inputs(test, step, "test"), self.inputs(train, step, "train")
         scores = np.asarray(pair_scores(a["token_ids"], a["vectors"], b["token_ids"],
                                         b["vectors"], backend=self.backend), np.float32)
-        self.kernel_seconds += time.perf_counter() - start
+        self._timer[0] += time.perf_counter() - start
         return scores
 
 
@@ -89,9 +109,11 @@ def records(rng: np.random.Generator, first_id: int, rows: int, args) -> dict[st
             "prediction": np.zeros(rows, np.int32)}
 
 
-def write_store(directory: Path, num_examples: int, seed: int, args) -> GradientStore:
+def write_store(directory: Path, num_examples: int, seed: int, args,
+                dtype: str = "float32") -> GradientStore:
+    """A finalized store of synthetic records (float32 vectors, cast by the writer to `dtype`)."""
     writer = GradientStoreWriter(directory, num_examples=num_examples, shard_size=args.shard_size,
-                                 k=args.k, dtype="float32", model_info={"bench": "kernel"},
+                                 k=args.k, dtype=dtype, model_info={"bench": "kernel"},
                                  fingerprint=f"bench-{seed}", split=directory.name)
     writer.begin_checkpoint(STEP, LEARNING_RATE)
     for shard in range(writer.num_shards):
@@ -114,6 +136,11 @@ def paper_pair_score(ids1, vecs1, ids2, vecs2) -> float:
         top.pop()
         total += add
     return total
+
+
+def float32_vectors(block: dict) -> dict:
+    """token_ids and float32 vectors (the notebook loop sums in numpy's dtype of its input)."""
+    return {"token_ids": block["token_ids"], "vectors": np.asarray(block["vectors"], np.float32)}
 
 
 def paper_loop_seconds_per_pair(test: dict, train: dict, num_test: int, num_train: int):
@@ -170,12 +197,57 @@ def useful_flops(test_ids: np.ndarray, train: GradientStore, dim: int) -> tuple[
     return 2.0 * dim * matches, matches / pairs
 
 
+def bytes_on_disk(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+
+
 def time_read(store: GradientStore, fields) -> float:
-    """One pass over the store as retrieval reads it (checksummed, decoded shard by shard)."""
+    """One pass over the store as retrieval reads it (each read field file sha256-checked
+    and memory-mapped, shard by shard)."""
     start = time.perf_counter()
     for _ in store.iter_shards(STEP, fields=fields):
         pass
     return time.perf_counter() - start
+
+
+def all_scores(test: dict, train: GradientStore) -> np.ndarray:
+    """[M, N] float32 scores of every test point against every training example (sparse
+    kernel, float32 accumulation), shard by shard."""
+    return np.concatenate([np.asarray(pair_scores(test["token_ids"], test["vectors"], shard["token_ids"],
+                                                  shard["vectors"], backend="sparse"), np.float32)
+                           for shard in train.iter_shards(STEP, fields=("token_ids", "vectors"))],
+                          axis=1)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    ranks = np.empty(len(x), np.float64)
+    ranks[np.argsort(x, kind="stable")] = np.arange(len(x))
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (ties broken by position; the scores here are floats)."""
+    if len(x) < 2:
+        return float("nan")
+    return float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
+
+
+def compare_to_float32(ranking, ranking32, scores: np.ndarray, scores32: np.ndarray,
+                       topk: int) -> dict:
+    """Agreement of the D-store retrieval with the float32 one (module docstring)."""
+    pos, pos32 = ranking.proponents.positions, ranking32.proponents.positions
+    overlap, rho = [], []
+    for row in range(len(pos)):
+        a, b = set(pos[row][pos[row] >= 0].tolist()), set(pos32[row][pos32[row] >= 0].tolist())
+        overlap.append(len(a & b) / topk)
+        union = np.fromiter(sorted(a | b), np.int64)
+        rho.append(spearman(scores[row, union], scores32[row, union]))
+    return {"topk_overlap_vs_float32": float(np.mean(overlap)),
+            "spearman_vs_float32": float(np.mean(rho)),
+            "spearman_all_vs_float32": float(np.mean(
+                [spearman(scores[r], scores32[r]) for r in range(len(scores))])),
+            "max_rel_err_vs_float32": float(np.abs(scores - scores32).max()
+                                            / np.abs(scores32).max())}
 
 
 def time_retrieval(method, test_store, train_store, topk: int, options=None):
@@ -202,6 +274,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", default=None, help="where the temporary stores go")
     parser.add_argument("--keep-stores", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--store-dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="dtype of the stored vectors; not float32: also compared with a "
+                             "float32 store of the same data")
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
     unknown = sorted(set(backends) - {"sparse", "dense", "library"})
@@ -210,19 +285,29 @@ def main(argv=None) -> dict:
 
     result = {"bench": "kernel", **bench.device_description(), "load_avg_start": bench.load_average(),
               "train": args.train, "test": args.test, "k": args.k, "dim": args.dim,
-              "topk": args.topk, "default_backend": default_backend()}
+              "topk": args.topk, "default_backend": default_backend(), "store_dtype": args.store_dtype}
     root = Path(tempfile.mkdtemp(prefix="bench_kernel_", dir=args.workdir))
     try:
         start = time.perf_counter()
-        train_store = write_store(root / "train", args.train, args.seed, args)
-        test_store = write_store(root / "test", args.test, args.seed + 1, args)
+        train_store = write_store(root / "train", args.train, args.seed, args, args.store_dtype)
+        test_store = write_store(root / "test", args.test, args.seed + 1, args, args.store_dtype)
         result["write_s"] = time.perf_counter() - start
-        result["store_mb"] = sum(f.stat().st_size for f in (root / "train").rglob("*.npz")) / 2**20
+        result["store_mb"] = bytes_on_disk(root / "train") / 2**20
+        compare = args.store_dtype != "float32"
+        if compare:  # the same records as a float32 store
+            train32 = write_store(root / "train_f32", args.train, args.seed, args)
+            test32 = write_store(root / "test_f32", args.test, args.seed + 1, args)
+            result["bytes_on_disk"] = {args.store_dtype: bytes_on_disk(root / "train"),
+                                       "float32": bytes_on_disk(root / "train_f32")}
         test = test_store.load(STEP)
         fields = TracInWETopK(k=args.k).read_fields()
 
         # Floor: reading the store once, and the useful FLOPs at the best GEMM rate.
-        read_times = [time_read(train_store, fields) for _ in range(max(args.reps, 2))]
+        read_times, read_times32 = [], []
+        for _ in range(max(args.reps, 2)):  # interleaved, so load spikes hit both alike
+            read_times.append(time_read(train_store, fields))
+            if compare:
+                read_times32.append(time_read(train32, fields))
         result["read_s"] = bench.median(read_times)
         flops, matches_per_pair = useful_flops(test["token_ids"], train_store, args.dim)
         rates = gemm_gflops(args.dim)
@@ -259,7 +344,8 @@ def main(argv=None) -> dict:
         train0 = next(train_store.iter_shards(STEP, fields=("token_ids", "vectors")))
         num_test = min(args.paper_test, args.test)
         num_train = min(args.paper_train, len(train0["token_ids"]))
-        per_pair, loop_scores = paper_loop_seconds_per_pair(test, train0, num_test, num_train)
+        per_pair, loop_scores = paper_loop_seconds_per_pair(float32_vectors(test), float32_vectors(train0),
+                                                            num_test, num_train)
         ours = pair_scores(test["token_ids"][:num_test], test["vectors"][:num_test],
                            train0["token_ids"][:num_train], train0["vectors"][:num_train], "sparse")
         np.testing.assert_allclose(ours, loop_scores, rtol=1e-4, atol=1e-4)
@@ -280,6 +366,26 @@ def main(argv=None) -> dict:
         if {"sparse", "dense"} <= set(retrieval):
             result["sparse_speedup_vs_dense"] = (retrieval["dense"]["retrieval_s"]
                                                  / retrieval["sparse"]["retrieval_s"])
+
+        if compare:  # the float32 store: its floor and retrieval, and how far the scores move
+            def method_of(backend):
+                return "tracin_we_topk" if backend == "library" else KernelTracInWETopK(args.k, backend)
+            options = {"k": args.k} if main_backend == "library" else None
+            times32, ranking32 = [], None
+            for rep in range(args.reps + 1):
+                seconds, ranking32 = time_retrieval(method_of(main_backend), test32, train32,
+                                                    args.topk, options)
+                if rep:
+                    times32.append(seconds)
+            read32 = bench.median(read_times32)
+            floor32 = max(read32, result["compute_floor_s"])
+            result["float32"] = {"read_s": read32, "floor_s": floor32,
+                                 "retrieval_s": bench.median(times32),
+                                 "ratio_to_floor": bench.median(times32) / floor32}
+            result["floor_ratio_vs_float32"] = result["read_s"] / read32
+            result.update(compare_to_float32(
+                rankings[main_backend], ranking32, all_scores(test, train_store),
+                all_scores(test32.load(STEP), train32), args.topk))
     finally:
         if not args.keep_stores:
             shutil.rmtree(root, ignore_errors=True)

@@ -53,9 +53,10 @@ def compute_records(grad_fn, params, encoded, rows: np.ndarray, batch_size: int,
     if padded_total:
         log.debug("padded %d rows in a ragged final batch (dropped from the output)", padded_total)
     records = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    if vectors_dtype == "bfloat16":
+    if vectors_dtype in ("bfloat16", "float16"):
         import ml_dtypes
-        records["vectors"] = records["vectors"].astype(ml_dtypes.bfloat16)
+        records["vectors"] = records["vectors"].astype(
+            ml_dtypes.bfloat16 if vectors_dtype == "bfloat16" else np.float16)
     records["example_id"] = np.asarray(encoded.ids)[rows].astype(np.int64)
     records["label"] = np.asarray(encoded.labels)[rows].astype(np.int32)
     return records

@@ -3,45 +3,86 @@
 For every checkpoint c (learning rate η_c) the gradient engine produces one
 fixed-size record per example. The store keeps them on disk so that a 400k-example
 train set over several checkpoints never has to fit in memory: writers and readers
-hold at most one shard at a time.
+hold at most one shard at a time, and readers map the files rather than copy them.
 
-Layout::
+Format version 2 (plain ``.npy`` files; nothing here needs this package to read)::
 
-    DIR/manifest.json                      store-level metadata (see `GradientStoreWriter`)
-    DIR/ckpt_{step:08d}/checkpoint.json    {"step", "learning_rate"}
-    DIR/ckpt_{step:08d}/shard_{i:05d}.npz  records at dataset positions [i*S, min((i+1)*S, N))
-    DIR/ckpt_{step:08d}/shard_{i:05d}.json sidecar {shard_index, first_index, num_records,
-                                           num_bytes, sha256, fields: {name: {shape, dtype}}}
+    DIR/manifest.json
+        {"format": "tracin_jax.gradient_store", "format_version": 2,
+         identity fields "fingerprint", "model_info", "k", "dtype", "shard_size",
+         "num_examples", "split";
+         "num_shards", "created" (the only timestamp), "T", "D",
+         "fields": {name: {"shape": per-record shape, "dtype": logical dtype}},
+         "checkpoints": [{"step", "learning_rate", "params_fingerprint"}, ...],
+         "complete": true once `GradientStoreWriter.finalize` verified every shard}
+        (T, D, fields and checkpoints are null/empty until the store is complete.)
+    DIR/ckpt_{step:08d}/checkpoint.json
+        {"step", "learning_rate", "params_fingerprint" (str or null)}
+    DIR/ckpt_{step:08d}/shard_{i:05d}/{field}.npy
+        one plain .npy per field (np.save, allow_pickle=False, C order): the records
+        at dataset positions [i*S, min((i+1)*S, N)), leading axis = records
+    DIR/ckpt_{step:08d}/shard_{i:05d}.json
+        sidecar, the shard's commit marker: {"shard_index", "first_index",
+        "num_records", "fields": {name: {"shape": per-record shape, "dtype": logical
+        dtype, "num_bytes": file size, "sha256": file digest}}}
 
-Record fields (leading axis = records of the shard; shapes below are per record)::
+A shard exists only if its sidecar does and every file matches it (size, sha256).
+
+Record fields (shapes per record)::
 
     example_id int64 []      label int32 []        token_ids int32 [T] (-1 padded)
-    vectors    store dtype [T, D] (float32 or bfloat16)
+    vectors    store dtype [T, D] (float32, bfloat16 or float16)
     features   float32 [H]   p_minus_y float32 [C] loss float32 []   prediction int32 []
 
-plus any extra fixed-size numeric fields (e.g. `position_norms [L]`).
+plus any extra fixed-size numeric fields (e.g. `position_norms [L]`, `param_grads [P]`).
+Float fields hold only finite numbers (the writer refuses NaN/inf).
 
-Shard files are ordinary uncompressed `.npz` archives readable with
-`np.load(path, allow_pickle=False)`. They are written with fixed zip timestamps
-(`np.savez` stamps the wall clock), so the same records always give the same bytes
-and the same sha256: an interrupted-and-resumed run is byte-identical to an
-uninterrupted one. bfloat16 arrays are stored as their uint16 bit pattern; the
-sidecar records the logical dtype and readers view the bits as `ml_dtypes.bfloat16`.
-The only timestamp lives in manifest.json.
+dtypes: npy has no bfloat16 descriptor, so a bfloat16 field is stored as its uint16
+bit pattern (descr ``<u2``) and the sidecar/manifest record the logical dtype
+"bfloat16"; this package's readers return ``ml_dtypes.bfloat16`` views. Reading any
+field with numpy alone::
+
+    a = np.load("DIR/ckpt_00000100/shard_00000/vectors.npy", mmap_mode="r")
+    if sidecar["fields"]["vectors"]["dtype"] == "bfloat16":      # a.dtype is uint16
+        a = (a.astype(np.uint32) << 16).view(np.float32)           # exact float32 values
+    # (or a.view(ml_dtypes.bfloat16)); float16/float32/int fields are ordinary npy.
+
+Writing a shard (`GradientStoreWriter.write_shard`): every field's .npy goes into a
+temporary directory beside it (``.shard_{i:05d}.tmp.<uuid>``), the files and the
+directory are fsynced, the old sidecar (if any) is removed so a crash mid-rewrite
+leaves the shard incomplete, the old shard directory (if any) is removed, the
+temporary one is renamed onto ``shard_{i:05d}``, the parent is fsynced, and last the
+sidecar is written atomically (`tracin_jax.files.atomic_write_json`). Stale temporary
+directories are removed by the owning process in `shards_to_write`.
+
+Bytes are deterministic: np.save writes no timestamps, the sidecar is sorted JSON,
+so the same records always give the same files and digests and an interrupted and
+resumed extraction is byte-identical to an uninterrupted one. Processes write
+disjoint shards (process p of n owns shards i with i % n == p).
+
+Reading (`GradientStore.iter_shards`, `load`, `verify`) checks the sidecar (exists,
+covers the right positions, schema equals the store's), each requested field file's
+size and, with ``verify``, its sha256 (hashed through a read-only memory map: no
+copy, and the pages stay in the page cache), then returns
+``np.load(path, mmap_mode="r")`` arrays: read-only memmaps, dtype and shape checked
+against the sidecar, never unpickled. Only the requested fields are read or hashed.
+
+Format version 1 (one uncompressed .npz per shard) is refused with `StoreFormatError`;
+``python -m tracin_jax.store.migrate DIR`` converts such a store in place.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import hashlib
-import io
 import json
 import logging
 import math
+import mmap
 import os
 import re
+import shutil
 import uuid
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,12 +90,16 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from tracin_jax.errors import IntegrityError, MismatchError, NonFiniteError
+from tracin_jax.files import atomic_write_json, fsync_dir, read_json, sha256_file
+
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_NAME = "tracin_jax.gradient_store"
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 CHECKPOINT_META = "checkpoint.json"
-STORE_DTYPES = ("float32", "bfloat16")
+STORE_DTYPES = ("float32", "bfloat16", "float16")
 # Per-record dtype of every required field; `None` means "the store dtype" (vectors).
 CORE_FIELDS: dict[str, str | None] = {
     "example_id": "int64",
@@ -73,21 +118,25 @@ _CORE_RANKS = {"example_id": 0, "label": 0, "token_ids": 1, "vectors": 2,
 _IDENTITY_KEYS = ("fingerprint", "model_info", "k", "dtype", "shard_size",
                   "num_examples", "split")
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # earliest zip timestamp; fixed for reproducible bytes
-_HASH_CHUNK = 1 << 22
+_MAX_REPORTED_IDS = 10
+_REWRITE_HINT = "re-run the same `tracin-jax grads` command: it rewrites corrupt shards"
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
-class StoreMismatchError(ValueError):
+class StoreMismatchError(MismatchError):
     """An existing store was created for a different dataset, model or layout."""
 
 
-class CorruptShardError(RuntimeError):
-    """A shard (or its sidecar) is missing, truncated or fails its checksum."""
+class StoreFormatError(MismatchError):
+    """A store written in another on-disk format (e.g. format 1, npz shards)."""
 
-    def __init__(self, path: Path | str, reason: str):
-        super().__init__(f"corrupt shard {path}: {reason}")
+
+class CorruptShardError(IntegrityError):
+    """A shard file (or its sidecar) is missing, truncated or fails its checksum."""
+
+    def __init__(self, path: Path | str, reason: str, hint: str | None = _REWRITE_HINT):
+        super().__init__(f"corrupt shard file {path}: {reason}", hint)
         self.path = Path(path)
 
 
@@ -95,6 +144,7 @@ class CorruptShardError(RuntimeError):
 class CheckpointInfo:
     step: int
     learning_rate: float
+    params_fingerprint: str | None = None
 
 
 # ----------------------------------------------------------------------------- paths
@@ -103,12 +153,16 @@ def checkpoint_dir(directory: Path, step: int) -> Path:
     return Path(directory) / f"ckpt_{step:08d}"
 
 
-def shard_path(directory: Path, step: int, shard_index: int) -> Path:
-    return checkpoint_dir(directory, step) / f"shard_{shard_index:05d}.npz"
+def shard_dir(directory: Path, step: int, shard_index: int) -> Path:
+    return checkpoint_dir(directory, step) / f"shard_{shard_index:05d}"
+
+
+def field_path(directory: Path, step: int, shard_index: int, name: str) -> Path:
+    return shard_dir(directory, step, shard_index) / f"{name}.npy"
 
 
 def sidecar_path(directory: Path, step: int, shard_index: int) -> Path:
-    return shard_path(directory, step, shard_index).with_suffix(".json")
+    return checkpoint_dir(directory, step) / f"shard_{shard_index:05d}.json"
 
 
 def shard_range(shard_index: int, shard_size: int, num_examples: int) -> tuple[int, int]:
@@ -117,140 +171,9 @@ def shard_range(shard_index: int, shard_size: int, num_examples: int) -> tuple[i
     return start, min(start + shard_size, num_examples)
 
 
-# ----------------------------------------------------------------------------- file I/O
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write_fn) -> None:
-    """Write via `write_fn(file)` to a temp file, fsync, then `os.replace` onto `path`."""
-    # Unique per call: processes on several hosts may write the same small file at once.
-    tmp = path.with_name(f".{path.name}.tmp.{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def _read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_npz(f, arrays: Mapping[str, np.ndarray]) -> None:
-    """Uncompressed `.npz` identical in format to `np.savez`, with fixed timestamps."""
-    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name in sorted(arrays):
-            info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_EPOCH)
-            info.compress_type = zipfile.ZIP_STORED
-            info.create_system = 3  # unix, independent of the host platform
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]),
-                                          allow_pickle=False)
-
-
-_LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
-
-
-class _BufferFile(io.RawIOBase):
-    """A read-only, seekable file over an in-memory buffer that never copies the buffer
-    (``io.BytesIO`` copies it), so ``zipfile`` can read the archive's directory."""
-
-    def __init__(self, buffer):
-        super().__init__()
-        self._view, self._pos = memoryview(buffer).cast("B"), 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, b) -> int:
-        n = max(0, min(len(b), len(self._view) - self._pos))
-        b[:n] = self._view[self._pos:self._pos + n]
-        self._pos += n
-        return n
-
-
-def _decode_npz(data: bytearray, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Arrays of an uncompressed `.npz` held in memory, as views of `data` (no copy).
-
-    The bytes were just checked against the sidecar's sha256, so the members' zip
-    CRC32 (which `np.load` recomputes) is not checked again. Compressed members,
-    object arrays and malformed headers raise (never unpickled).
-    """
-    view = memoryview(data)
-    with zipfile.ZipFile(_BufferFile(view)) as archive:
-        infos = {i.filename: i for i in archive.infolist()}
-    out = {}
-    for name in names:
-        info = infos.get(name + ".npy")
-        if info is None:
-            raise KeyError(f"{name} is not a member of the archive")
-        if info.compress_type != zipfile.ZIP_STORED:
-            raise ValueError(f"member {info.filename} is compressed; the store writes stored members")
-        at = info.header_offset
-        local = bytes(view[at:at + _LOCAL_HEADER])
-        if local[:4] != b"PK\x03\x04":
-            raise ValueError(f"bad local header for member {info.filename}")
-        start = at + _LOCAL_HEADER + int.from_bytes(local[26:28], "little") + \
-            int.from_bytes(local[28:30], "little")
-        header = io.BytesIO(bytes(view[start:start + min(info.file_size, 1 << 16)]))
-        version = np.lib.format.read_magic(header)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(header)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(header)
-        else:  # rare format versions: numpy's own reader (copies), still without pickle
-            with np.load(_BufferFile(view), allow_pickle=False) as z:
-                out[name] = z[name]
-            continue
-        if dtype.hasobject:
-            raise ValueError(f"member {info.filename} holds objects; refusing to unpickle")
-        count = math.prod(shape)
-        offset = start + header.tell()
-        if offset + count * dtype.itemsize > start + info.file_size:
-            raise ValueError(f"member {info.filename} is shorter than its header says")
-        array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-        out[name] = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
-    return out
+    """Sorted, indented JSON, atomically (deterministic bytes for sidecars)."""
+    atomic_write_json(path, obj, indent=2, sort_keys=True, allow_nan=False)
 
 
 # ----------------------------------------------------------------------------- dtypes
@@ -261,6 +184,11 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 def _parse_dtype(name: str) -> np.dtype:
     return BF16 if name == "bfloat16" else np.dtype(name)
+
+
+def _disk_dtype(logical: str) -> np.dtype:
+    """The npy descriptor a field of `logical` dtype is stored with (bf16 → <u2)."""
+    return np.dtype("<u2") if logical == "bfloat16" else _parse_dtype(logical)
 
 
 def _to_disk(array: np.ndarray) -> np.ndarray:
@@ -287,7 +215,15 @@ def _convert_core(name: str, array: np.ndarray, target: np.dtype) -> np.ndarray:
         return converted
     if not _is_float(array.dtype):
         raise ValueError(f"field {name!r} must be a floating array, got dtype {array.dtype}")
-    return array.astype(target)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf: refused as non-finite
+        return array.astype(target)
+
+
+def _finite_rows(array: np.ndarray) -> np.ndarray:
+    """[n] bool: which records of a float field hold only finite numbers."""
+    if array.dtype == BF16:
+        array = array.astype(np.float32)  # exact
+    return np.isfinite(array.reshape(len(array), -1)).all(axis=1)
 
 
 # ----------------------------------------------------------------------------- schema
@@ -313,49 +249,168 @@ def _check_core_dtypes(schema: Schema, store_dtype: str, where: Path) -> None:
                 where, f"field {name!r} has dtype {schema[name][1]}, expected {expected}")
 
 
-def _verify_shard(directory: Path, step: int, shard_index: int, shard_size: int,
-                  num_examples: int, *, read: bool = False, check: bool = True,
-                  expected_fields: Schema | None = None) -> tuple[dict, bytearray | None]:
-    """Check one shard against its sidecar; return (sidecar, file bytes if `read`).
+# ----------------------------------------------------------------------------- shard files
 
-    Raises `CorruptShardError` naming the file when the sidecar or shard is missing,
-    unreadable, of the wrong size, covers the wrong positions, fails sha256 (only
-    with `check`), or (given `expected_fields`) records a different schema.
-    """
-    npz, side = shard_path(directory, step, shard_index), sidecar_path(directory, step, shard_index)
-    if not side.exists():
-        raise CorruptShardError(npz, f"sidecar {side.name} is missing (shard never completed)")
+def sha256_mapped(path: Path) -> str:
+    """sha256 of a file hashed through a read-only memory map (no copy; the pages stay
+    in the page cache for the `np.load(mmap_mode="r")` that follows)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return hashlib.sha256().hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return hashlib.sha256(m).hexdigest()  # releases the GIL while it hashes
+
+
+def _stale_temporaries(ckpt: Path, shard_indices: Sequence[int]) -> list[Path]:
+    """Temporary shard directories / sidecar files a crashed writer left for these shards."""
+    if not ckpt.is_dir():
+        return []
+    prefixes = tuple(f".shard_{i:05d}." for i in shard_indices)
+    return [p for p in ckpt.iterdir()
+            if p.name.startswith(prefixes) and ".tmp." in p.name]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def commit_shard(ckpt: Path, shard_index: int, first_index: int,
+                 arrays: Mapping[str, np.ndarray]) -> dict:
+    """Write one shard (`arrays` in logical dtypes, leading axis = records) into the
+    checkpoint directory `ckpt`, atomically as the module docstring describes; returns
+    the sidecar. Callers validate `arrays` first."""
+    final = ckpt / f"shard_{shard_index:05d}"
+    side = ckpt / f"shard_{shard_index:05d}.json"
+    tmp = ckpt / f".shard_{shard_index:05d}.tmp.{uuid.uuid4().hex}"
+    num_records = len(next(iter(arrays.values())))
+    fields = {}
+    tmp.mkdir()
     try:
-        sidecar = _read_json(side)
-        expected_sha, expected_bytes = sidecar["sha256"], int(sidecar["num_bytes"])
-        fields = _schema_from_json(sidecar["fields"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        for name in sorted(arrays):
+            array = arrays[name]
+            path = tmp / f"{name}.npy"
+            with open(path, "wb") as f:
+                np.save(f, np.ascontiguousarray(_to_disk(array)), allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            fields[name] = {"shape": list(array.shape[1:]), "dtype": _dtype_name(array.dtype),
+                            "num_bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        fsync_dir(tmp)
+        side.unlink(missing_ok=True)  # from here on the shard reads as incomplete
+        if final.exists() or final.is_symlink():
+            _remove(final)
+        os.rename(tmp, final)
+        fsync_dir(ckpt)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    sidecar = {"shard_index": int(shard_index), "first_index": int(first_index),
+               "num_records": int(num_records), "fields": fields}
+    _write_json(side, sidecar)
+    return sidecar
+
+
+def _read_sidecar(directory: Path, step: int, shard_index: int, shard_size: int,
+                  num_examples: int, expected_fields: Schema | None) -> tuple[dict, Schema]:
+    """The shard's sidecar (checked: present, well formed, right positions and schema)."""
+    side = sidecar_path(directory, step, shard_index)
+    if not side.exists():
+        raise CorruptShardError(side, "sidecar is missing (shard never completed)")
+    try:
+        sidecar = read_json(side, "shard sidecar")
+        entries = sidecar["fields"]
+        schema = _schema_from_json(entries)
+        for name, entry in entries.items():
+            if not _FIELD_NAME.match(name):
+                raise ValueError(f"bad field name {name!r}")
+            int(entry["num_bytes"]), str(entry["sha256"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CorruptShardError(side, f"unreadable sidecar ({e})") from e
     start, stop = shard_range(shard_index, shard_size, num_examples)
-    if (sidecar.get("first_index"), sidecar.get("num_records")) != (start, stop - start):
-        raise CorruptShardError(side, f"sidecar covers first_index={sidecar.get('first_index')}, "
-                                      f"num_records={sidecar.get('num_records')}; expected "
-                                      f"{start}, {stop - start}")
-    if not npz.exists():
-        raise CorruptShardError(npz, "shard file is missing")
-    size = npz.stat().st_size
-    if size != expected_bytes:
-        raise CorruptShardError(npz, f"file has {size} bytes, sidecar says {expected_bytes} "
-                                     "(truncated or overwritten)")
-    if read:
-        data = bytearray(size)  # writable: the decoded arrays are views of it
-        with open(npz, "rb") as f:
-            if f.readinto(data) != size:
-                raise CorruptShardError(npz, "file shrank while it was read")
-        actual = hashlib.sha256(data).hexdigest() if check else expected_sha
-    else:
-        data, actual = None, (_sha256_file(npz) if check else expected_sha)
-    if actual != expected_sha:
-        raise CorruptShardError(npz, f"sha256 {actual} does not match sidecar {expected_sha}")
-    sidecar["fields"] = fields
-    if expected_fields is not None and fields != expected_fields:
-        raise CorruptShardError(side, f"fields {fields} differ from the store's {expected_fields}")
-    return sidecar, data
+    got = (sidecar.get("shard_index"), sidecar.get("first_index"), sidecar.get("num_records"))
+    if got != (shard_index, start, stop - start):
+        raise CorruptShardError(side, f"sidecar covers shard_index={got[0]}, first_index={got[1]}, "
+                                      f"num_records={got[2]}; expected {shard_index}, {start}, "
+                                      f"{stop - start}")
+    if expected_fields is not None and schema != expected_fields:
+        raise CorruptShardError(side, f"fields {schema} differ from the store's {expected_fields}")
+    return sidecar, schema
+
+
+def _check_field(path: Path, entry: Mapping[str, Any], verify: bool) -> None:
+    """A field file exists, has the sidecar's size and (with `verify`) its sha256."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise CorruptShardError(path, "file is missing") from None
+    expected = int(entry["num_bytes"])
+    if size != expected:
+        raise CorruptShardError(path, f"file has {size} bytes, sidecar says {expected} "
+                                      "(truncated or overwritten)")
+    if verify:
+        actual = sha256_mapped(path)
+        if actual != entry["sha256"]:
+            raise CorruptShardError(path, f"sha256 {actual} does not match sidecar {entry['sha256']}")
+
+
+def _open_field(path: Path, num_records: int, shape: tuple[int, ...], logical: str) -> np.ndarray:
+    """Read-only memmap of a checked field file, dtype and shape as the sidecar says."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise CorruptShardError(path, f"cannot read as .npy ({e})") from e
+    want_dtype, want_shape = _disk_dtype(logical), (num_records, *shape)
+    if not isinstance(array, np.ndarray) or array.dtype != want_dtype or array.shape != want_shape:
+        raise CorruptShardError(path, f"holds {getattr(array, 'dtype', type(array).__name__)}"
+                                      f"{list(getattr(array, 'shape', ()))}, sidecar says "
+                                      f"{logical}{list(want_shape)}")
+    if not array.flags.c_contiguous:
+        raise CorruptShardError(path, "is not in C order")
+    return _from_disk(array, logical)
+
+
+def _check_shard(directory: Path, step: int, shard_index: int, shard_size: int,
+                 num_examples: int, *, names: Sequence[str] | None = None, verify: bool = True,
+                 expected_fields: Schema | None = None, store_dtype: str | None = None,
+                 open_arrays: bool = False) -> tuple[dict, Schema, dict[str, np.ndarray]]:
+    """Check one shard against its sidecar; return (sidecar, schema, arrays if `open_arrays`).
+
+    Only the fields in `names` (default: all) are size-checked, hashed (with
+    `verify`) and opened. Raises `CorruptShardError` naming the file; `ValueError`
+    for field names the shard does not have.
+    """
+    sidecar, schema = _read_sidecar(directory, step, shard_index, shard_size, num_examples,
+                                    expected_fields)
+    if store_dtype is not None:
+        _check_core_dtypes(schema, store_dtype, sidecar_path(directory, step, shard_index))
+    names = list(schema) if names is None else list(names)
+    unknown = sorted(set(names) - set(schema))
+    if unknown:
+        raise ValueError(f"unknown fields {unknown}; store has {sorted(schema)}")
+    arrays = {}
+    for name in names:
+        path = field_path(directory, step, shard_index, name)
+        _check_field(path, sidecar["fields"][name], verify)
+        if open_arrays:
+            arrays[name] = _open_field(path, sidecar["num_records"], *schema[name])
+    return sidecar, schema, arrays
+
+
+def check_format(manifest: Mapping[str, Any], directory: Path) -> None:
+    """Raise `StoreFormatError` unless `manifest` describes a format-2 store."""
+    version = manifest.get("format_version")
+    if version == 1:
+        raise StoreFormatError(
+            f"store {directory} uses format 1 (npz shards)",
+            f"convert it with `python -m tracin_jax.store.migrate {directory}` or re-extract it")
+    if manifest.get("format") != FORMAT_NAME or version != FORMAT_VERSION:
+        raise StoreFormatError(
+            f"{Path(directory) / MANIFEST}: format {manifest.get('format')!r} version {version!r} "
+            f"is not {FORMAT_NAME!r} version {FORMAT_VERSION}",
+            "it was written by another program or another version of tracin_jax")
 
 
 # ----------------------------------------------------------------------------- writer
@@ -368,7 +423,7 @@ class GradientStoreWriter:
       num_examples: N, records per checkpoint (the dataset split's size).
       shard_size: S, records per shard; shard i holds dataset positions [i*S, (i+1)*S).
       k: top-k tokens kept per example (None = all), recorded for readers.
-      dtype: storage dtype of `vectors`: "float32" or "bfloat16".
+      dtype: storage dtype of `vectors`: "float32", "bfloat16" or "float16".
       model_info: JSON-serialisable model description (config, parameter count...).
       fingerprint: dataset fingerprint (`TextDataset.fingerprint()`).
       split: split name, e.g. "train".
@@ -377,11 +432,12 @@ class GradientStoreWriter:
 
     Reopening an existing store checks that fingerprint, model_info, k, dtype,
     shard_size, num_examples and split agree with its manifest and raises
-    `StoreMismatchError` naming the first field that differs.
+    `StoreMismatchError` naming the first field that differs (`StoreFormatError`
+    for a store in another on-disk format).
 
     Typical loop (each process)::
 
-        writer.begin_checkpoint(step, lr)
+        writer.begin_checkpoint(step, lr, params_fingerprint)
         for i in writer.shards_to_write(step):
             writer.write_shard(step, i, compute_records(*writer.shard_range(i)))
         # after all processes are done (barrier), on one process:
@@ -414,10 +470,8 @@ class GradientStoreWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         manifest_file = self.directory / MANIFEST
         if manifest_file.exists():
-            self.manifest = _read_json(manifest_file)
-            if self.manifest.get("format_version") != FORMAT_VERSION:
-                raise StoreMismatchError(f"{manifest_file}: format_version "
-                                         f"{self.manifest.get('format_version')} != {FORMAT_VERSION}")
+            self.manifest = read_json(manifest_file, "store manifest")
+            check_format(self.manifest, self.directory)
             for key in _IDENTITY_KEYS:
                 if self.manifest.get(key) != identity[key]:
                     raise StoreMismatchError(
@@ -427,7 +481,8 @@ class GradientStoreWriter:
             if any(self.directory.glob("ckpt_*")):
                 raise StoreMismatchError(f"{self.directory} holds checkpoints but no {MANIFEST}")
             self.manifest = {
-                **identity, "format_version": FORMAT_VERSION, "num_shards": self.num_shards,
+                "format": FORMAT_NAME, "format_version": FORMAT_VERSION, **identity,
+                "num_shards": self.num_shards,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "T": None, "D": None, "fields": None, "checkpoints": [], "complete": False}
             _write_json(manifest_file, self.manifest)
@@ -439,18 +494,35 @@ class GradientStoreWriter:
             raise ValueError(f"shard_index {shard_index} out of range [0, {self.num_shards})")
         return shard_range(shard_index, self.shard_size, self.num_examples)
 
-    def begin_checkpoint(self, step: int, learning_rate: float) -> None:
-        """Create `ckpt_{step}` with its learning rate; idempotent for equal arguments."""
+    def begin_checkpoint(self, step: int, learning_rate: float,
+                         params_fingerprint: str | None = None) -> None:
+        """Create `ckpt_{step}` with its learning rate and parameter fingerprint.
+
+        Idempotent for equal arguments. Reopening a step with another learning rate
+        is a `StoreMismatchError`, and so is another `params_fingerprint` than the one
+        recorded (a recorded null included: its shards may come from other
+        parameters); `params_fingerprint=None` means "not checked" on reopen.
+        """
         if int(step) != step or step < 0:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")
         if not (math.isfinite(learning_rate) and learning_rate >= 0):
             raise ValueError(f"learning_rate must be finite and >= 0, got {learning_rate!r}")
-        meta = {"step": int(step), "learning_rate": float(learning_rate)}
+        if params_fingerprint is not None and not isinstance(params_fingerprint, str):
+            raise ValueError(f"params_fingerprint must be a string or None, got {params_fingerprint!r}")
+        meta = {"step": int(step), "learning_rate": float(learning_rate),
+                "params_fingerprint": params_fingerprint}
         ckpt = checkpoint_dir(self.directory, step)
         ckpt.mkdir(exist_ok=True)
         meta_file = ckpt / CHECKPOINT_META
         if meta_file.exists():
-            existing = _read_json(meta_file)
+            existing = read_json(meta_file, "checkpoint metadata")
+            if params_fingerprint is None:
+                meta["params_fingerprint"] = existing.get("params_fingerprint")
+            for key in ("learning_rate", "params_fingerprint"):
+                if existing.get(key) != meta[key]:
+                    raise StoreMismatchError(
+                        f"{meta_file}: {key} is {existing.get(key)!r} in the store but "
+                        f"{meta[key]!r} was requested (step {step})")
             if existing != meta:
                 raise StoreMismatchError(f"{meta_file} holds {existing}, requested {meta}")
             return
@@ -460,35 +532,39 @@ class GradientStoreWriter:
         if not (checkpoint_dir(self.directory, step) / CHECKPOINT_META).exists():
             raise ValueError(f"checkpoint step {step} not begun; call begin_checkpoint first")
 
-    def shards_to_write(self, step: int) -> list[int]:
-        """Shards owned by this process that are not yet complete (sidecar + checksum).
+    def _own_shards(self) -> range:
+        return range(self.process_index, self.num_shards, self.process_count)
 
-        Corrupt or partial shards are logged by file name and will be rewritten.
+    def shards_to_write(self, step: int) -> list[int]:
+        """Shards owned by this process that are not yet complete (sidecar + checksums).
+
+        Corrupt or partial shards are logged by file name and will be rewritten;
+        temporary files a crashed writer left for this process's shards are removed.
         """
         self._require_checkpoint(step)
         todo = []
-        for i in range(self.process_index, self.num_shards, self.process_count):
-            npz = shard_path(self.directory, step, i)
-            if not sidecar_path(self.directory, step, i).exists() and not npz.exists():
+        for i in self._own_shards():
+            if not (sidecar_path(self.directory, step, i).exists()
+                    or shard_dir(self.directory, step, i).exists()):
                 todo.append(i)
                 continue
             try:
-                _verify_shard(self.directory, step, i, self.shard_size, self.num_examples)
+                _check_shard(self.directory, step, i, self.shard_size, self.num_examples)
             except CorruptShardError as e:
-                log.warning("%s; it will be rewritten", e)
+                log.warning("%s; it will be rewritten", e.what)
                 todo.append(i)
-        # Temp files left by a crash; only this process writes these shards.
-        for i in todo:
-            for stale in npz.parent.glob(f".shard_{i:05d}.*.tmp.*"):
-                stale.unlink(missing_ok=True)
+        # Only this process writes these shards, so their temporaries are stale.
+        for stale in _stale_temporaries(checkpoint_dir(self.directory, step), self._own_shards()):
+            log.info("removing %s (left by an interrupted write)", stale)
+            _remove(stale)
         return todo
 
     def _load_schema(self) -> Schema | None:
         """Schema of any shard already on disk (e.g. written before a restart)."""
         for side in sorted(self.directory.glob("ckpt_*/shard_*.json")):
             try:
-                return _schema_from_json(_read_json(side)["fields"])
-            except (OSError, ValueError, KeyError, TypeError):
+                return _schema_from_json(read_json(side)["fields"])
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue
         return None
 
@@ -530,26 +606,39 @@ class GradientStoreWriter:
                              f"(per-record shape, dtype) in {diff}; expected {self._schema}")
         return arrays
 
+    def _check_finite(self, step: int, shard_index: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Refuse NaN/inf in any float field (as stored, i.e. after the dtype cast)."""
+        for name in sorted(arrays):
+            array = arrays[name]
+            if not _is_float(array.dtype):
+                continue
+            ok = _finite_rows(array)
+            if ok.all():
+                continue
+            bad = np.asarray(arrays["example_id"])[~ok]
+            shown = ", ".join(str(int(i)) for i in bad[:_MAX_REPORTED_IDS])
+            more = f" and {len(bad) - _MAX_REPORTED_IDS} more" if len(bad) > _MAX_REPORTED_IDS else ""
+            raise NonFiniteError(
+                f"field {name!r} ({_dtype_name(array.dtype)}) holds NaN or inf at checkpoint step "
+                f"{step}, shard {shard_index}, for {len(bad)} record(s): example_id {shown}{more}",
+                "the model's gradients or outputs are not finite at this checkpoint (diverged "
+                "training, or values beyond the store dtype's range); nothing was written")
+
     def write_shard(self, step: int, shard_index: int, records: Mapping[str, np.ndarray]) -> None:
-        """Validate and atomically write one shard (npz first, sidecar last)."""
+        """Validate and atomically write one shard (field files first, sidecar last).
+
+        Raises `ValueError` for malformed records and `NonFiniteError` for NaN/inf."""
         self._require_checkpoint(step)
         arrays = self._validate(shard_index, records)
-        npz = shard_path(self.directory, step, shard_index)
-        side = sidecar_path(self.directory, step, shard_index)
-        if side.exists():  # invalidate first so a crash mid-rewrite leaves it incomplete
-            side.unlink()
-        _atomic_write(npz, lambda f: _write_npz(f, {n: _to_disk(a) for n, a in arrays.items()}))
-        start, stop = self.shard_range(shard_index)
-        _write_json(side, {
-            "shard_index": shard_index, "first_index": start, "num_records": stop - start,
-            "num_bytes": npz.stat().st_size, "sha256": _sha256_file(npz),
-            "fields": _schema_to_json({n: self._schema[n] for n in arrays})})
+        self._check_finite(step, shard_index, arrays)
+        start, _ = self.shard_range(shard_index)
+        commit_shard(checkpoint_dir(self.directory, step), shard_index, start, arrays)
 
     def finalize(self) -> list[CheckpointInfo]:
         """Verify every shard of every checkpoint; mark the store complete in the manifest.
 
         Run once all processes have finished writing. Raises `CorruptShardError`
-        naming the first missing or corrupt shard.
+        naming the first missing or corrupt file.
         """
         checkpoints = _discover_checkpoints(self.directory)
         if not checkpoints:
@@ -557,11 +646,10 @@ class GradientStoreWriter:
         schema = None
         for ckpt in checkpoints:
             for i in range(self.num_shards):
-                sidecar, _ = _verify_shard(self.directory, ckpt.step, i, self.shard_size,
-                                           self.num_examples, expected_fields=schema)
-                if schema is None:
-                    schema = sidecar["fields"]
-                    _check_core_dtypes(schema, self.dtype, sidecar_path(self.directory, ckpt.step, i))
+                _, shard_schema, _ = _check_shard(self.directory, ckpt.step, i, self.shard_size,
+                                                  self.num_examples, expected_fields=schema,
+                                                  store_dtype=self.dtype)
+                schema = schema or shard_schema
         self.manifest.update({
             "T": schema["token_ids"][0][0], "D": schema["vectors"][0][1],
             "fields": _schema_to_json(schema), "complete": True,
@@ -570,12 +658,14 @@ class GradientStoreWriter:
         return checkpoints
 
 
+def _checkpoint_info(meta: Mapping[str, Any]) -> CheckpointInfo:
+    return CheckpointInfo(int(meta["step"]), float(meta["learning_rate"]),
+                          meta.get("params_fingerprint"))
+
+
 def _discover_checkpoints(directory: Path) -> list[CheckpointInfo]:
-    found = []
-    for meta_file in sorted(Path(directory).glob(f"ckpt_*/{CHECKPOINT_META}")):
-        meta = _read_json(meta_file)
-        found.append(CheckpointInfo(int(meta["step"]), float(meta["learning_rate"])))
-    return found
+    return [_checkpoint_info(read_json(meta_file, "checkpoint metadata"))
+            for meta_file in sorted(Path(directory).glob(f"ckpt_*/{CHECKPOINT_META}"))]
 
 
 # ----------------------------------------------------------------------------- reader
@@ -592,13 +682,10 @@ class GradientStore:
         manifest_file = self.directory / MANIFEST
         if not manifest_file.exists():
             raise FileNotFoundError(f"no gradient store at {self.directory} ({MANIFEST} missing)")
-        self.manifest = _read_json(manifest_file)
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{manifest_file}: unsupported format_version "
-                             f"{self.manifest.get('format_version')} (expected {FORMAT_VERSION})")
+        self.manifest = read_json(manifest_file, "store manifest")
+        check_format(self.manifest, self.directory)
         if self.manifest["complete"]:
-            self.checkpoints = [CheckpointInfo(int(c["step"]), float(c["learning_rate"]))
-                                for c in self.manifest["checkpoints"]]
+            self.checkpoints = [_checkpoint_info(c) for c in self.manifest["checkpoints"]]
         elif allow_incomplete:
             self.checkpoints = _discover_checkpoints(self.directory)
         else:
@@ -624,53 +711,42 @@ class GradientStore:
                     shard_indices: Sequence[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield `{field: array [records, ...]}` for each shard, in dataset order.
 
-        Only one shard is held in memory at a time; `fields` selects a subset of
-        arrays. With `verify`, each shard's sha256 is checked before it is decoded;
-        without, only its sidecar, size and schema. The file is read once; the arrays
-        are (writable) views of that buffer, with no second copy.
+        Shards are opened lazily, one at a time; `fields` selects a subset of arrays
+        (only those files are checked and hashed). With `verify`, each file's sha256
+        is checked before it is opened; without, only the sidecar, file sizes, dtypes
+        and shapes. Arrays are read-only memory maps of the files (bfloat16 fields as
+        `ml_dtypes.bfloat16` views); copy one to modify it.
         """
         self._check_step(step)
+        if fields is not None and self.fields is not None:
+            unknown = sorted(set(fields) - set(self.fields))
+            if unknown:
+                raise ValueError(f"unknown fields {unknown}; store has {sorted(self.fields)}")
         indices = range(self.num_shards) if shard_indices is None else shard_indices
         for i in indices:
             if not 0 <= i < self.num_shards:
                 raise ValueError(f"shard index {i} out of range [0, {self.num_shards})")
-            npz = shard_path(self.directory, step, i)
-            sidecar, data = _verify_shard(self.directory, step, i, self.shard_size,
-                                          self.num_examples, read=True, check=verify,
-                                          expected_fields=self.fields)
-            schema = sidecar["fields"]
-            _check_core_dtypes(schema, self.dtype, npz)
-            names = list(schema) if fields is None else list(fields)
-            unknown = sorted(set(names) - set(schema))
-            if unknown:
-                raise ValueError(f"unknown fields {unknown}; store has {sorted(schema)}")
-            try:
-                shard = {n: _from_disk(a, schema[n][1]) for n, a in _decode_npz(data, names).items()}
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-                raise CorruptShardError(npz, f"cannot decode ({e})") from e
-            for n, array in shard.items():
-                shape, dtype = (sidecar["num_records"], *schema[n][0]), _parse_dtype(schema[n][1])
-                if array.shape != shape or array.dtype != dtype:
-                    raise CorruptShardError(npz, f"field {n!r} is {array.dtype}{list(array.shape)}, "
-                                                 f"sidecar says {dtype}{list(shape)}")
-            yield shard
+            _, _, arrays = _check_shard(self.directory, step, i, self.shard_size,
+                                        self.num_examples, names=fields, verify=verify,
+                                        expected_fields=self.fields, store_dtype=self.dtype,
+                                        open_arrays=True)
+            yield arrays
 
     def load(self, step: int, fields: Sequence[str] | None = None,
              verify: bool = True) -> dict[str, np.ndarray]:
-        """All records of one checkpoint concatenated in dataset order (small sets only)."""
+        """All records of one checkpoint concatenated in dataset order (small sets only;
+        writable in-memory arrays)."""
         shards = list(self.iter_shards(step, fields=fields, verify=verify))
         return {n: np.concatenate([s[n] for s in shards]) for n in shards[0]}
 
     def verify(self) -> int:
-        """Check sidecars and sha256 of every shard of every checkpoint.
+        """Check sidecars, sizes and sha256 of every file of every checkpoint.
 
         Returns the number of shards checked; raises `CorruptShardError` naming the
         first missing, truncated or mismatching file.
         """
         for ckpt in self.checkpoints:
             for i in range(self.num_shards):
-                sidecar, _ = _verify_shard(self.directory, ckpt.step, i, self.shard_size,
-                                           self.num_examples, expected_fields=self.fields)
-                _check_core_dtypes(sidecar["fields"], self.dtype,
-                                   shard_path(self.directory, ckpt.step, i))
+                _check_shard(self.directory, ckpt.step, i, self.shard_size, self.num_examples,
+                             expected_fields=self.fields, store_dtype=self.dtype)
         return len(self.checkpoints) * self.num_shards
