@@ -11,8 +11,10 @@ top-k for tracin_we_topk, exact for tracin_we / _noc / common, the top-k store f
 the others) → each method's top proponents/opponents → the sweep manifest, its
 retrainings (vmapped replicas) and the report (OUT/sweep/report: table.md,
 deletion_curves.png, summary.json). ``random`` among the methods adds the control of
-removing k random training examples. ``--cancellation N`` also writes the per-layer
-cancellation analysis of the run over N training examples (OUT/cancellation).
+removing k random training examples. ``--config.sweep.lds.num_subsets=J`` adds the linear
+datamodeling score over J random subsets (from the exact-or-top-k stores of each method).
+``--cancellation N`` also writes the per-layer cancellation analysis of the run over N
+training examples (OUT/cancellation).
 """
 from __future__ import annotations
 
@@ -26,17 +28,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 EXACT_METHODS = ("tracin_we", "tracin_we_noc", "tracin_common", "tracin_we_syn")
-RANDOM = "random"  # control: remove k random training examples
-RANDOM_SALT = 7919
 
 
 def main(argv=None) -> int:
     from tracin_jax import mesh as mesh_lib
     from tracin_jax.config import apply_overrides, load_config
-    from tracin_jax.deletion import plan_from_run, run_sweep, sweep_report
-    from tracin_jax.deletion.rankings import compute_rankings
-    from tracin_jax.methods import RunContext
-    from tracin_jax.pipeline import run_gradients
+    from tracin_jax.deletion import run_sweep, sweep_report
+    from tracin_jax.stages.analyses import cancellation_of_run
+    from tracin_jax.analysis.cancellation import write_report
+    from tracin_jax.stages.gradients import run_context, run_gradients
+    from tracin_jax.stages.rankings import RANDOM, rank
+    from tracin_jax.stages.sweep import plan_from_run
     from tracin_jax.train import load_run, prepare_run, train
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -72,8 +74,7 @@ def main(argv=None) -> int:
         say(f"trained {run}: eval accuracy {result.eval_metrics['accuracy']:.4f}, checkpoints "
             f"{[(c.step, round(c.learning_rate, 8)) for c in result.checkpoints]}")
     if args.cancellation:
-        from tracin_jax.analysis.cancellation import analyze_run, write_report
-        report = analyze_run(run, num_examples=args.cancellation, setup=setup)
+        report = cancellation_of_run(run, num_examples=args.cancellation, setup=setup)
         write_report(report, out / "cancellation")
         say("cancellation:\n" + report.markdown())
 
@@ -86,47 +87,28 @@ def main(argv=None) -> int:
                                                       k=kk, setup=setup, progress=False)
         say(f"gradient stores with k={kk or 'exact'}: {stores['train', need_exact].num_examples} train, "
             f"{stores['test', need_exact].num_examples} test")
-    context = RunContext.from_run(run, setup=setup)
+    context = run_context(run, setup=setup)
     mesh = mesh_lib.make_local_mesh()
     depth = max(int(x) for x in cfg.sweep.k_grid)
     rankings = {}
     for m in methods:
         exact = m in EXACT_METHODS or not k
-        if m == RANDOM:
-            rankings[m] = random_rankings(stores["test", exact], setup.train.ids, depth)
-        else:
-            rankings[m] = compute_rankings(m, stores["test", exact], stores["train", exact], depth,
-                                           context=context, mesh=mesh)
+        rankings[m] = rank(m, stores["test", exact], stores["train", exact], depth, context=context, mesh=mesh)
         say(f"ranked {len(rankings[m].test_ids)} test points with {m}")
     overlap = _overlaps(rankings, depth)
     (out / "rankings_overlap.json").parent.mkdir(parents=True, exist_ok=True)
     (out / "rankings_overlap.json").write_text(json.dumps(overlap, indent=1))
     cfg.sweep.methods = tuple(methods)
+    lds_stores = {}
+    if int(cfg.sweep.lds.num_subsets) > 0:  # score matrices of every method except the control
+        lds_stores = {m: (stores["test", m in EXACT_METHODS or not k], stores["train", m in EXACT_METHODS or not k])
+                      for m in methods if m != RANDOM}
     plan_from_run(cfg.sweep, run, out / "sweep", rankings=rankings, setup=setup, context=context,
-                  mesh=mesh, measure=False, echo=say)
+                  mesh=mesh, measure=False, echo=say, lds_stores=lds_stores)
     run_sweep(out / "sweep", setup=setup, progress=True, echo=say, max_jobs=args.max_jobs)
     summary = sweep_report(out / "sweep")
     say("report:\n" + Path(summary["files"]["table_md"]).read_text())
     return 0
-
-
-def random_rankings(test_store, train_ids, depth: int):
-    """The control: per test point, ``depth`` random "proponents" and ``depth`` other random
-    "opponents" (seeded by the test id), so DEL± of a method can be read against removing as
-    many examples at random."""
-    import numpy as np
-    from tracin_jax.deletion.rankings import Rankings
-
-    step = test_store.checkpoints[0].step
-    block = test_store.load(step, fields=("example_id", "label"))
-    test_ids = np.asarray(block["example_id"], np.int64)
-    train_ids = np.asarray(train_ids, np.int64)
-    picks = np.stack([np.random.default_rng([RANDOM_SALT, int(t)]).permutation(train_ids)[:2 * depth]
-                      for t in test_ids])
-    nan = np.full((len(test_ids), depth), np.nan, np.float32)
-    return Rankings(method=RANDOM, test_ids=test_ids, test_labels=np.asarray(block["label"], np.int32),
-                    proponents=picks[:, :depth], opponents=picks[:, depth:], proponent_scores=nan,
-                    opponent_scores=nan)
 
 
 def _split_methods(text: str) -> list[str]:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(argv=None) -> int:
-    from tracin_jax.analysis.nooverlap import run_nooverlap
+    from tracin_jax.stages.analyses import run_nooverlap
     from tracin_jax.config import apply_overrides, load_config
 
     argv = list(sys.argv[1:] if argv is None else argv)

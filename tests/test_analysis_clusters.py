@@ -11,6 +11,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from tracin_jax.analysis import clusters as cl
+from tracin_jax.stages.analyses import clusters_of_run
 
 
 def test_misclassification_rate_and_selection():
@@ -119,10 +120,10 @@ def test_given_hard_positions_skip_training(flipped_run, tmp_path):
     run, truth = flipped_run
     setup = load_run(run)
     rows = np.flatnonzero(np.isin(setup.train.ids, truth["flipped_train_ids"]))
-    report = cl.find_clusters(run, tmp_path, hard_positions=rows, setup=setup)
+    report = clusters_of_run(run, tmp_path, hard_positions=rows, setup=setup)
     assert report.num_models == 0 and report.num_hard == len(rows)
     members = [m for c in report.clusters for m in c.members]
     assert set(members) <= set(truth["flipped_train_ids"]) and len(members) >= 3
     assert "n/a" in report.markdown()
     with pytest.raises(ValueError, match="nothing to cluster"):
-        cl.find_clusters(run, tmp_path, hard_positions=rows[:1], setup=setup)
+        clusters_of_run(run, tmp_path, hard_positions=rows[:1], setup=setup)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tracin_jax.analysis import nooverlap as no
+from tracin_jax.stages.analyses import run_nooverlap
 from tracin_jax.data import TextDataset, WordTokenizer, encode_dataset
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -41,7 +42,7 @@ def test_requires_frozen_embedding(tmp_path):
     cfg = load_config(CONFIGS / "nooverlap_synthetic.py")
     cfg.train.freeze_word_embeddings = False
     with pytest.raises(ValueError, match="freeze_word_embeddings"):
-        no.run_nooverlap(cfg, tmp_path)
+        run_nooverlap(cfg, tmp_path)
 
 
 @pytest.mark.slow
@@ -57,7 +58,7 @@ def test_pipeline_on_tiny_synthetic(tmp_path):
         "train.num_devices=1", "nooverlap.num_candidates=40", "test_points.per_class=1",
         "sweep.k_grid=(2, 4)", "sweep.seeds=(0,)", "sweep.heldout_size=0", "sweep.bootstrap=10"])
     lines = []
-    summary = no.run_nooverlap(cfg, tmp_path, echo=lines.append)
+    summary = run_nooverlap(cfg, tmp_path, echo=lines.append)
     candidates = {int(k): set(v) for k, v in json.loads((tmp_path / "candidates.json").read_text()).items()}
     assert len(candidates) == 2 and all(len(c) == 40 for c in candidates.values())
     # Every removal the sweep made comes from the test point's own candidates.

@@ -1,14 +1,15 @@
 """``tracin-jax score`` / ``explain`` end to end on a tiny trained run; the HTML report."""
 import json
+import re
 
 import numpy as np
 import pytest
 
 from tracin_jax import cli
-from tracin_jax.methods import MethodError, RunContext, top_k
+from tracin_jax.methods import MethodError, top_k
 from tracin_jax.methods.explain import ExplainedTestPoint, explain_pair
-from tracin_jax.methods.retrieval import Retrieval
-from tracin_jax.pipeline import run_gradients
+from tracin_jax.rankings import Rankings
+from tracin_jax.stages.gradients import run_context, run_gradients
 from tracin_jax.report.html import render_html
 from tracin_jax.store import GradientStore
 from tracin_jax.train import train
@@ -41,7 +42,7 @@ def test_score_writes_jsonl_and_html(run, tmp_path, capsys):
     expected = top_k("tracin_we_topk", test, train_store, TOP)
     rows = [json.loads(line) for line in (tmp_path / "out" / "scores.jsonl").read_text().splitlines()]
     assert len(rows) == test.num_examples * 2 * TOP == summary["jsonl_lines"]
-    context = RunContext.from_run(run / "run")
+    context = run_context(run / "run")
     for row in rows[:: 7]:
         m = list(expected.test_ids).index(row["test_id"])
         ranking = expected.proponents if row["kind"] == "proponent" else expected.opponents
@@ -60,7 +61,7 @@ def test_score_writes_jsonl_and_html(run, tmp_path, capsys):
     for test_id in expected.test_ids:
         assert f'id="test-{test_id}"' in page
     assert "Proponents" in page and "Opponents" in page and "background:rgba(" in page
-    loaded = Retrieval.load(tmp_path / "out" / "retrieval.npz")
+    loaded = Rankings.load(tmp_path / "out" / "retrieval.npz")
     np.testing.assert_array_equal(loaded.proponents.ids, expected.proponents.ids)
 
 
@@ -71,8 +72,8 @@ def test_parts_merged_equal_single_run(run, tmp_path, capsys):
     parts = sorted((tmp_path / "parts").glob("part-*-of-2.npz"))
     assert len(parts) == 2
     assert _score(run, tmp_path / "merged", "--merge", *map(str, parts)) == 0
-    single = Retrieval.load(tmp_path / "single" / "retrieval.npz")
-    merged = Retrieval.load(tmp_path / "merged" / "retrieval.npz")
+    single = Rankings.load(tmp_path / "single" / "retrieval.npz")
+    merged = Rankings.load(tmp_path / "merged" / "retrieval.npz")
     for kind in ("proponents", "opponents"):
         np.testing.assert_array_equal(single.ranking(kind).ids, merged.ranking(kind).ids)
         np.testing.assert_array_equal(single.ranking(kind).scores, merged.ranking(kind).scores)
@@ -98,15 +99,20 @@ def test_explain_prints_the_decomposition(run, capsys):
     assert data["score"] == pytest.approx(score, rel=1e-5) and len(data["tokens"]) <= 2
 
 
-def test_score_errors_name_the_problem(run, tmp_path):
+def test_score_errors_name_the_problem(run, tmp_path, capsys):
+    """One line on stderr, exit 1 (or 2 for usage), no traceback; --debug raises instead."""
+    def fails(args, code, pattern):
+        assert cli.main(args) == code
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+        assert re.search(pattern, err), err
+    store_args = ["--test", str(run / "test"), "--train", str(run / "train"), "--out", str(tmp_path),
+                  "--no-progress"]
+    fails(["score", "--method", "tracin_we", *store_args], 1, "k=10")
+    fails(["score", "--method", "tracin_foo", *store_args], 1, "unknown method 'tracin_foo'")
+    fails(["score", "--method", "tracin_last", "--part", "2", *store_args], 2, "I/N")
     with pytest.raises(MethodError, match="k=10"):
-        cli.main(["score", "--method", "tracin_we", "--test", str(run / "test"), "--train",
-                  str(run / "train"), "--out", str(tmp_path), "--no-progress"])
-    with pytest.raises(ValueError, match="unknown method 'tracin_foo'"):
-        cli.main(["score", "--method", "tracin_foo", "--test", str(run / "test"), "--train",
-                  str(run / "train"), "--out", str(tmp_path), "--no-progress"])
-    with pytest.raises(SystemExit, match="I/N"):
-        _score(run, tmp_path, "--part", "2")
+        cli.main(["--debug", "score", "--method", "tracin_we", *store_args])
 
 
 def test_html_escapes_text_and_colors_by_sign():

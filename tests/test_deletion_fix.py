@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from tracin_jax import cli
-from tracin_jax.deletion import rankings as rankings_lib
 from tracin_jax.deletion.plan import load_manifest
 from tracin_jax.deletion.runner import load_results
-from tracin_jax.methods import RunContext
+
 from tracin_jax.methods.explain import explain_pair
-from tracin_jax.pipeline import run_gradients
+from tracin_jax.stages.gradients import run_context, run_gradients
+from tracin_jax.stages.rankings import rank
 from tracin_jax.store import GradientStore
 from tracin_jax.train import prepare_run, train
 
@@ -57,8 +57,8 @@ def test_fix_lds_mislabel_through_the_cli(weak_run, capsys):
     point = manifest["fix_points"][0]["id"]
     job = next(j for j in manifest["jobs"] for t in j["tags"]
                if t["kind"] == "fix_pad" and t["test"] == point and t["method"] == "tracin_we_topk" and t["k"] == 4)
-    context = RunContext.from_run(root / "run", setup=setup)
-    ranking = rankings_lib.compute_rankings("tracin_we_topk", fix_store, train_store, 8, with_tokens=True)
+    context = run_context(root / "run", setup=setup)
+    ranking = rank("tracin_we_topk", fix_store, train_store, 8, with_tokens=True)
     opponents = ranking.top(point, "opponents", 4).tolist()
     for train_id, token in job["edits"]:
         assert train_id in opponents

@@ -13,8 +13,8 @@ plan -> replica retraining -> report.
 from pathlib import Path
 
 from tracin_jax import config as config_lib
-from tracin_jax.deletion.demo_stage import demo_sweep_config, run_deletion_demo
-from tracin_jax.pipeline import run_gradients
+from tracin_jax.stages.demo_deletion import demo_sweep_config, run_deletion_demo
+from tracin_jax.stages.gradients import run_gradients
 from tracin_jax.train import prepare_run, train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,8 +8,9 @@ import pytest
 from tracin_jax import config as config_lib
 from tracin_jax import mesh as mesh_lib
 from tracin_jax.data import batch_order, iterate_batches, num_batches
-from tracin_jax.deletion.replicas import (ReplicaSpec, ReplicaTrainer, choose_num_replicas,
-                                          gather_batch, initial_params, run_lengths, slot_plan)
+from tracin_jax.deletion.cost import choose_num_replicas, replica_bytes
+from tracin_jax.deletion.replicas import ReplicaTrainer, gather_batch, initial_params
+from tracin_jax.deletion.schedule import ReplicaSpec, run_lengths, slot_plan
 from tracin_jax.train import CheckpointStore, predict_proba, prepare_run, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -184,7 +185,7 @@ def test_choose_num_replicas(setup):
     assert choose_num_replicas(trainer, num_jobs=3, requested=24) == 8
     auto = choose_num_replicas(trainer, num_jobs=1000, max_replicas=40)
     assert auto % 8 == 0 and 8 <= auto <= 40
-    assert trainer.replica_bytes() > 0
+    assert replica_bytes(trainer) > 0
     with pytest.raises(ValueError, match="bool mask"):
         ReplicaSpec(seed=0, keep=np.ones(3, np.int32))
 

@@ -9,7 +9,9 @@ import pytest
 from tracin_jax import config as config_lib
 from tracin_jax.deletion import plan as plan_lib
 from tracin_jax.deletion import runner as runner_lib
-from tracin_jax.deletion.rankings import Rankings, load_rankings
+from tracin_jax.errors import DataError
+from tracin_jax.files import atomic_write_json
+from tracin_jax.rankings import Rankings, load_rankings
 from tracin_jax.deletion.report import sweep_report
 from tracin_jax.train import prepare_run
 
@@ -48,10 +50,9 @@ def fake_rankings(setup, method: str, test_rows, seed: int) -> Rankings:
     order = np.stack([rng.permutation(n)[:2 * depth] for _ in range(m)])
     ids = np.asarray(setup.train.ids)[order]
     scores = np.sort(rng.normal(size=(m, 2 * depth)))[:, ::-1].astype(np.float32)
-    return Rankings(method=method, test_ids=np.asarray(setup.eval.ids)[test_rows],
-                    test_labels=np.asarray(setup.eval.labels)[test_rows],
-                    proponents=ids[:, :depth], opponents=ids[:, depth:],
-                    proponent_scores=scores[:, :depth], opponent_scores=scores[:, depth:][:, ::-1])
+    return Rankings.from_ids(method, np.asarray(setup.eval.ids)[test_rows], np.asarray(setup.eval.labels)[test_rows],
+                             ids[:, :depth], ids[:, depth:], proponent_scores=scores[:, :depth],
+                             opponent_scores=scores[:, depth:][:, ::-1])
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def planned(tmp_path_factory):
 
 
 def write(root: Path, name: str, manifest: dict) -> Path:
-    plan_lib.atomic_write_json(root / name / plan_lib.MANIFEST, manifest)
+    atomic_write_json(root / name / plan_lib.MANIFEST, manifest)
     return root / name
 
 
@@ -80,7 +81,7 @@ def test_plan_lists_exact_removals_with_stable_ids(planned):
             if tag["kind"] == "del":
                 r = rankings[tag["method"]]
                 kind = "proponents" if tag["sign"] == "+" else "opponents"
-                expected = getattr(r, kind)[r.row(tag["test"]), :tag["k"]]
+                expected = r.ranking(kind).ids[r.row(tag["test"]), :tag["k"]]
                 assert job["removed"] == sorted(expected.tolist())
             else:
                 assert job["removed"] == [] and tag["kind"] == "baseline"
@@ -221,16 +222,12 @@ def test_run_refuses_a_changed_run(planned, tmp_path):
 
 
 def test_load_rankings_reads_score_outputs(planned, tmp_path):
-    from tracin_jax.methods.retrieval import Ranking, Retrieval
     _, _, rankings, _ = planned
     r = rankings["tracin_last"]
-    retrieval = Retrieval(method="tracin_last", k=6, test_ids=r.test_ids, test_labels=r.test_labels,
-                          proponents=Ranking(r.proponents * 0, r.proponents, r.proponent_scores),
-                          opponents=Ranking(r.opponents * 0, r.opponents, r.opponent_scores))
-    retrieval.save(tmp_path / "retrieval.npz")
+    r.save(tmp_path / "retrieval.npz")
     rows = []
     for i, t in enumerate(r.test_ids):
-        for kind, ids in (("proponent", r.proponents), ("opponent", r.opponents)):
+        for kind, ids in (("proponent", r.proponents.ids), ("opponent", r.opponents.ids)):
             for j, train_id in enumerate(ids[i]):
                 rows.append({"method": "tracin_last", "test_id": int(t), "test_label": int(r.test_labels[i]),
                              "kind": kind, "rank": j + 1, "train_id": int(train_id), "score": 0.5,
@@ -238,9 +235,9 @@ def test_load_rankings_reads_score_outputs(planned, tmp_path):
     (tmp_path / "scores.jsonl").write_text("\n".join(json.dumps(x) for x in rows) + "\n")
     for path in (tmp_path, tmp_path / "retrieval.npz", tmp_path / "scores.jsonl"):
         loaded = load_rankings(path)
-        np.testing.assert_array_equal(loaded.proponents, r.proponents)
-        np.testing.assert_array_equal(loaded.opponents, r.opponents)
+        np.testing.assert_array_equal(loaded.proponents.ids, r.proponents.ids)
+        np.testing.assert_array_equal(loaded.opponents.ids, r.opponents.ids)
         np.testing.assert_array_equal(loaded.test_ids, r.test_ids)
     assert load_rankings(tmp_path).negative_tokens["opponents"][0].tolist() == list(range(7, 13))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match="not found"):
         load_rankings(tmp_path / "nope")

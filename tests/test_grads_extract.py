@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tracin_jax import cli
-from tracin_jax.pipeline import run_gradients, split_examples
+from tracin_jax.stages.gradients import run_gradients, split_examples
 from tracin_jax.store import GradientStore, GradientStoreWriter
 from tracin_jax.train import train
 
@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory):
 
 def _digests(store_dir: Path) -> dict[str, str]:
     return {str(p.relative_to(store_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(store_dir.rglob("shard_*.npz"))}
+            for p in sorted(store_dir.rglob("shard_*.json"))}
 
 
 def test_killed_extraction_restarts_to_identical_store(run_dir, tmp_path, monkeypatch):
@@ -85,9 +85,10 @@ def test_cli_grads(run_dir, tmp_path, capsys):
     assert out["checkpoints"] == [{"step": 32, "learning_rate": pytest.approx(3e-3)}]
     store = GradientStore(tmp_path / "g")
     assert store.manifest["k"] is None
-    with pytest.raises(ValueError, match="not found"):
-        cli.main(["grads", "--run", str(run_dir), "--checkpoints", "7", "--out", str(tmp_path / "h"),
-                  "--no-progress"])
+    assert cli.main(["grads", "--run", str(run_dir), "--checkpoints", "7", "--out", str(tmp_path / "h"),
+                     "--no-progress"]) == 2  # a usage error
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "checkpoints [7] not found" in err and err.count("\n") == 1
 
 
 def test_cli_grads_param_groups_same_pass(run_dir, tmp_path, capsys):

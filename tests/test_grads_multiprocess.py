@@ -22,7 +22,7 @@ import numpy as np
 import optax
 import pytest
 
-from tracin_jax.pipeline import run_gradients, split_examples
+from tracin_jax.stages.gradients import run_gradients, split_examples
 from tracin_jax.store import GradientStore
 from tracin_jax.train import CheckpointStore, load_run
 from tracin_jax.train.setup import prepare_run

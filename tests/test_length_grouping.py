@@ -13,7 +13,7 @@ from tracin_jax import config as config_lib
 from tracin_jax import mesh as mesh_lib
 from tracin_jax.data import (EncodedDataset, batch_order, batch_padded_length, iterate_batches,
                              num_batches, sequence_lengths)
-from tracin_jax.deletion import replicas
+from tracin_jax.deletion import replicas, schedule
 from tracin_jax.deletion.replicas import ReplicaSpec, ReplicaTrainer, slot_plan
 from tracin_jax.train import CheckpointStore, predict_proba, prepare_run, train
 
@@ -149,7 +149,7 @@ def test_engine_equals_train_with_grouping_and_trimming(grouped_setup, tmp_path,
     """One replica at a time (the CPU default): the same batches, lengths and dropout masks as
     ``train``; the trimmed calls are runs of one length (multi-step calls and single steps)."""
     setup = grouped_setup
-    monkeypatch.setattr(replicas, "TRIMMED_CALL_STEPS", 3)  # 12-step epochs: runs of 4-5 steps
+    monkeypatch.setattr(schedule, "SMALL_CALL_STEPS", 3)  # 12-step epochs: runs of 4-5 steps
     rng = np.random.default_rng(0)
     keep = np.ones(len(setup.train), bool)
     keep[rng.choice(len(keep), 20, replace=False)] = False
@@ -164,7 +164,8 @@ def test_engine_equals_train_with_grouping_and_trimming(grouped_setup, tmp_path,
     spe = num_batches(int(keep.sum()), 16)
     idx, active = slot_plan([ReplicaSpec(seed=1, keep=keep)], 16, setup.cfg.train, 0, spe,
                             sequence_lengths(setup.train))
-    calls = trainer._calls(idx, active, 256)
+    widths = schedule.slot_widths(idx, active, trainer.lengths, trainer.pad_to_multiple, trainer.max_length)
+    calls = schedule.plan_calls(active, widths, schedule.chunk_length(trainer.n, 16, 256, trimmed=True))
     assert [s for a, b, _ in calls for s in range(a, b)] == list(range(spe))
     assert len({length for *_, length in calls}) >= 2
     assert {b - a for a, b, _ in calls} == {1, 3}

@@ -12,8 +12,8 @@ test: 0.977 vs 0.597, accuracy 0.95); without opponents (3 epochs) the gap was
 import pytest
 
 from tracin_jax import config as config_lib
-from tracin_jax.demo import trigger_precision, trigger_relevance
-from tracin_jax.pipeline import run_gradients
+from tracin_jax.stages.demo import trigger_precision, trigger_relevance
+from tracin_jax.stages.gradients import run_gradients
 from tracin_jax.train import prepare_run, train
 
 from test_train import REPO

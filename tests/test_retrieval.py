@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tracin_jax import mesh as mesh_lib
-from tracin_jax.methods import (MethodError, Retrieval, merge, precision_at_k, score_matrix,
+from tracin_jax.methods import (MethodError, Rankings, merge, precision_at_k, score_matrix,
                                 self_influence, top_k, top_k_opponents, top_k_proponents)
 from tracin_jax.methods.retrieval import Ranking, topk_of_matrix
 from tracin_jax.methods.tfidf import lowest_tfidf_candidates
@@ -69,7 +69,7 @@ def stores(tmp_path_factory):
             "train_float": _write(root, "train_float", 37, integer=False, seed=4, shard_size=8)}
 
 
-def _assert_same(a: Retrieval, b: Retrieval, exact=True):
+def _assert_same(a: Rankings, b: Rankings, exact=True):
     for kind in ("proponents", "opponents"):
         ra, rb = a.ranking(kind), b.ranking(kind)
         np.testing.assert_array_equal(ra.positions, rb.positions)
@@ -124,7 +124,7 @@ def test_host_parts_merge_exactly(stores, tmp_path):
     for i, p in enumerate(parts):  # each part saw only its shards (5 records each)
         assert set((p.proponents.positions[p.proponents.positions >= 0] // 5) % 3) == {i}
         p.save(tmp_path / f"part{i}.npz")
-    _assert_same(merge([Retrieval.load(tmp_path / f"part{i}.npz") for i in range(3)]), single)
+    _assert_same(merge([Rankings.load(tmp_path / f"part{i}.npz") for i in range(3)]), single)
     with pytest.raises(ValueError, match="0 <= index < count"):
         top_k("tracin_we", test, train, 4, part=(3, 3))
 
@@ -197,7 +197,7 @@ def test_precision_at_k():
     ranking = Ranking(positions=np.array([[0, 1, 2], [3, 4, -1]]),
                       ids=np.array([[10, 11, 12], [13, 14, -1]]),
                       scores=np.array([[3, 2, 1], [2, 1, -np.inf]], np.float32))
-    r = Retrieval("m", 3, np.array([7, 8]), np.array([0, 1], np.int32), ranking, ranking)
+    r = Rankings("m", 3, np.array([7, 8]), np.array([0, 1], np.int32), ranking, ranking)
     assert precision_at_k(r, {7: [10, 12, 99]}, k=3) == {7: pytest.approx(2 / 3)}
     assert precision_at_k(r, {7: [11], 8: [13, 14]}, k=2) == {7: 0.5, 8: 1.0}
     with pytest.raises(ValueError, match="k must be in"):

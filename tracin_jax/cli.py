@@ -1,271 +1,322 @@
-"""``tracin-jax <command>``: the one entry point.
+"""tracin-jax <command>: which training examples drove a prediction (TracIn-WE).
 
-Commands: ``train`` (fine-tune with checkpoints), ``grads`` (gradient stores),
-``score`` (top proponents/opponents with word-level explanations, JSONL + HTML),
-``explain`` (one pair's token decomposition), ``analyze`` (cancellation ratio,
-mislabel clusters), ``sweep`` (case-deletion plan / run / report), ``demo`` (the
-end-to-end job on the embedded synthetic data).
-Config files are Python (``configs/NAME.py``) and every field is overridable as
-``--config.train.lr=1e-3``.
+This module only parses arguments and dispatches: each command's work is the ``run``
+function of ``tracin_jax.commands.<command>``, imported when that command runs (so
+``tracin-jax --help`` starts without JAX). Errors the user can act on are printed as one
+line, ``error: <what>; <what to do>`` (exit 2 for usage errors, 1 otherwise); ``--debug``
+or ``TRACIN_JAX_DEBUG=1`` shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import logging
 import os
 import sys
-from pathlib import Path
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DESCRIPTION = """\
+Which training examples drove a language model's prediction? TracIn-WE (TracIn on the
+word-embedding layer) for JAX/Flax text classifiers.
 
+Typical flow:
+  tracin-jax train  --config configs/demo.py --workdir runs/demo/run
+  tracin-jax grads  --run runs/demo/run --split train --out runs/demo/grads/train
+  tracin-jax grads  --run runs/demo/run --split test  --out runs/demo/grads/test
+  tracin-jax score  --method tracin_we_topk --run runs/demo/run \\
+                    --train runs/demo/grads/train --test runs/demo/grads/test --out runs/demo/scores
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "jax._src", "orbax", "tensorflow", "urllib3", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+Config fields are overridable wherever a config is read: --config.train.lr=1e-3.
+Run 'tracin-jax COMMAND --help' for a command's options."""
 
-
-def _resolve_config_path(name: str) -> Path:
-    path = Path(name)
-    if path.is_file():
-        return path
-    candidate = REPO_CONFIGS / (name if name.endswith(".py") else f"{name}.py")
-    if candidate.is_file():
-        return candidate
-    raise FileNotFoundError(f"config {name!r} not found (looked at {path} and {candidate})")
-
-
-def _load_config(args, overrides):
-    from tracin_jax import config as config_lib
-    cfg = config_lib.load_config(_resolve_config_path(args.config))
-    return config_lib.apply_overrides(cfg, overrides)
+DEBUG_ENV = "TRACIN_JAX_DEBUG"
+# Libraries whose INFO chatter hides ours.
+_QUIET_LOGGERS = ("absl", "jax", "jax._src", "orbax", "tensorflow", "urllib3", "matplotlib", "h5py",
+                  "etils", "tensorflow_datasets")
 
 
-def cmd_train(args, overrides) -> int:
-    from tracin_jax.train import train
-    cfg = _load_config(args, overrides)
-    workdir = Path(args.workdir or Path("runs") / cfg.name)
-    result = train(cfg, workdir, progress=not args.no_progress)
-    print(json.dumps({"workdir": str(workdir), "final_step": result.final_step,
-                      "eval": result.eval_metrics,
-                      "checkpoints": [{"step": c.step, "learning_rate": c.learning_rate}
-                                      for c in result.checkpoints]}))
-    return 0
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default after its help, unless it is None/False or already said."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (default not in (None, False, argparse.SUPPRESS) and not isinstance(default, list)
+                and "default" not in text and action.option_strings):
+            text += f" (default: {default})"
+        return text
 
 
-def cmd_grads(args, overrides) -> int:
-    from tracin_jax.pipeline import run_gradients
-    if overrides:
-        raise SystemExit("grads reads the run's saved config; pass --k/--dtype/... instead of --config.*")
-    out = Path(args.out)
-    for split in args.split.split(","):
-        target = out if "," not in args.split else out / split
-        store = run_gradients(args.run, split, target, steps=args.checkpoints, k=args.k,
-                              topk_by=args.topk_by, dtype=args.dtype, shard_size=args.shard_size,
-                              batch_size=args.batch_size, progress=not args.no_progress,
-                              param_groups=args.param_groups, include_bias=args.include_bias)
-        print(json.dumps({"store": str(target), "split": split, "examples": store.num_examples,
-                          "checkpoints": [{"step": c.step, "learning_rate": c.learning_rate}
-                                          for c in store.checkpoints]}))
-    return 0
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: <what>; see 'tracin-jax ... --help'`` and exit 2."""
+
+    def error(self, message):  # noqa: D401 (argparse API)
+        self.exit(2, f"error: {message}; see '{self.prog} --help'\n")
 
 
-def cmd_demo(args, overrides) -> int:
-    from tracin_jax.demo import run_demo
-    cfg = _load_config(args, overrides)
-    run_demo(cfg, Path(args.out), progress=not args.no_progress)
-    return 0
+def _target(func: str):
+    """``"module:function"`` under ``tracin_jax.commands``."""
+    return {"target": func}
 
 
-def _method_options(items) -> dict:
-    """``["k=10", "damping=0.1"]`` -> ``{"k": 10, "damping": 0.1}`` (Python literals, else strings)."""
-    import ast
-    options = {}
-    for item in items or ():
-        if "=" not in item:
-            raise SystemExit(f"--opt {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
-        try:
-            options[key.strip()] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            options[key.strip()] = text
-    return options
+def _common(p: argparse.ArgumentParser, progress: bool = True) -> None:
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _read_candidates(path):
-    """JSON list of train ids (shared), or ``{test_id: [train ids]}``."""
-    if path is None:
-        return None, None
-    data = json.loads(Path(path).read_text())
-    if isinstance(data, dict):
-        return None, {int(k): [int(i) for i in v] for k, v in data.items()}
-    if isinstance(data, list):
-        return [int(i) for i in data], None
-    raise SystemExit(f"{path}: expected a JSON list of train ids or an object test_id -> ids")
-
-
-def _parse_part(text):
-    if text is None:
-        return None
-    try:
-        index, count = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise SystemExit(f"--part {text!r} must look like I/N, e.g. 0/4") from None
-    if not 0 <= index < count:
-        raise SystemExit(f"--part {text!r}: need 0 <= I < N")
-    return index, count
-
-
-def cmd_score(args, overrides) -> int:
-    from tracin_jax import mesh as mesh_lib
-    from tracin_jax.methods import RunContext, get_method, merge, top_k
-    from tracin_jax.methods.retrieval import Retrieval
-    from tracin_jax.report.outputs import write_outputs
-    from tracin_jax.store import GradientStore
-
-    if overrides:
-        raise SystemExit("score takes no --config.* overrides; pass method options with --opt key=value")
-    mesh_lib.initialize_distributed()
-    test_store, train_store = GradientStore(args.test), GradientStore(args.train)
-    context = RunContext.from_run(args.run) if args.run else None
-    method = get_method(args.method, **_method_options(args.opt))
-    out = Path(args.out)
-    if args.merge:
-        result = merge([Retrieval.load(p) for p in args.merge])
-    else:
-        candidates, per_test = _read_candidates(args.candidates)
-        part = _parse_part(args.part)
-        result = top_k(method, test_store, train_store, args.top, context=context,
-                       mesh=mesh_lib.make_local_mesh(), candidates=candidates,
-                       per_test_candidates=per_test, part=part, progress=not args.no_progress)
-        if part is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            path = out / f"part-{part[0]}-of-{part[1]}.npz"
-            result.save(path)
-            print(json.dumps({"part": str(path), "method": result.method, "k": result.k}))
-            return 0
-    import jax
-    if jax.process_index() != 0:  # every process holds the merged result; one writes it
-        return 0
-    summary = write_outputs(out, result, method, test_store, train_store, context=context,
-                            top_tokens=args.top_tokens, html_top=args.html_top, html=not args.no_html)
-    print(json.dumps(summary, default=str))
-    return 0
-
-
-def cmd_explain(args, overrides) -> int:
-    from tracin_jax.methods import RunContext
-    from tracin_jax.methods.explain import explain_pair
-    from tracin_jax.store import GradientStore
-
-    if overrides:
-        raise SystemExit("explain takes no --config.* overrides; pass method options with --opt key=value")
-    context = RunContext.from_run(args.run) if args.run else None
-    e = explain_pair(args.method, GradientStore(args.test), args.test_id, GradientStore(args.train),
-                     args.train_id, context=context, options=_method_options(args.opt))
-    if args.json:
-        print(json.dumps({"test_id": e.test_id, "train_id": e.train_id, **e.to_json(top=args.top)}))
-        return 0
-    kind = "proponent" if e.score > 0 else "opponent" if e.score < 0 else "neutral"
-    print(f"{args.method}: test {e.test_id} <- train {e.train_id}: score {e.score:+.6g} ({kind})")
-    if not e.tokens:
-        print("(no word-level decomposition for this method)")
-        return 0
-    shown = e.tokens if args.top is None else sorted(e.tokens, key=lambda t: -abs(t.contribution))[:args.top]
-    shown = sorted(shown, key=lambda t: -t.contribution)
-    scale = max(abs(t.contribution) for t in shown) or 1.0
-    width = max(len(t.token) for t in shown)
-    for t in shown:
-        bar = ("+" if t.contribution > 0 else "-") * max(1, round(30 * abs(t.contribution) / scale))
-        print(f"  {t.token:<{width}}  {t.contribution:+.4e}  {bar}")
-    total = sum(t.contribution for t in e.tokens)
-    print(f"  sum of {len(e.tokens)} token contributions: {total:+.6g}")
-    return 0
+def _config_arg(p, default=None, required=False, what="experiment config"):
+    p.add_argument("--config", default=default, required=required,
+                   help=f"{what}: a Python file defining get_config(), or the name of one in the "
+                        "repository's configs/ (e.g. demo); fields are overridable as --config.FIELD=VALUE")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tracin-jax", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="tracin-jax", description=DESCRIPTION, formatter_class=HelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug messages too")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="only warnings and errors (hides notices such as 'resumed from step N')")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show tracebacks instead of one-line errors (also {DEBUG_ENV}=1)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=Parser)
 
-    def add(name, help_, func, default_config=None):
-        p = sub.add_parser(name, help=help_, description=help_ + " Override any config field with"
-                           " --config.FIELD=VALUE (e.g. --config.train.lr=1e-3).")
-        p.add_argument("--config", default=default_config, required=default_config is None,
-                       help="config file (configs/NAME.py) or a name in configs/")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
-        p.set_defaults(func=func)
+    def command(name, help_, target):
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
+        p.set_defaults(**_target(target))
         return p
 
-    p = add("train", "Fine-tune a model, saving checkpoints with their learning rates.", cmd_train)
-    p.add_argument("--workdir", help="run directory (default runs/<config.name>); resumes if it has checkpoints")
-    p = sub.add_parser("grads", help="Per-example word-embedding gradients of a split into a store.")
+    # -- train
+    p = command("train", "Fine-tune a model, saving checkpoints with their learning rates.", "train:run")
+    _config_arg(p, required=True)
+    p.add_argument("--workdir", help="run directory (default: runs/<config name>); a finished or killed "
+                   "run with the same config resumes from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an existing run in --workdir made with a different config and start over")
+    _common(p)
+
+    # -- grads
+    p = command("grads", "Per-example word-embedding gradients of a split, over a run's checkpoints, "
+                "into a gradient store.", "grads:run")
     p.add_argument("--run", required=True, help="training run directory (tracin-jax train --workdir)")
-    p.add_argument("--split", default="train", help="train, eval or test (comma-separated for several)")
-    p.add_argument("--checkpoints", default=None, help="steps, e.g. 3,5,8 (default: all)")
-    p.add_argument("--k", default=None, help="top-k positions per example (SPEC eq. 5); 0 = exact")
-    p.add_argument("--topk-by", default=None, choices=("position", "token"))
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"))
-    p.add_argument("--shard-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--split", default="train",
+                   help="train, eval or test (the run's balanced test points); comma-separated for several "
+                        "(each into --out/SPLIT)")
+    p.add_argument("--checkpoints", default=None, help="checkpoint steps, e.g. 126,252 (default: all of the run's)")
+    p.add_argument("--k", default=None, help="top-k positions kept per example by gradient norm "
+                   "(docs/method.md, eq. 5); 0 = exact per-token vectors (default: the run's grads.k)")
+    p.add_argument("--topk-by", default=None, choices=("position", "token"),
+                   help="rank single positions (the paper's) or merged tokens (default: the run's grads.topk_by)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="storage dtype of the vectors; scores are always summed in float32 "
+                        "(default: the run's grads.dtype)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="examples per store shard (default: the run's grads.shard_size)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="examples per gradient step over all local devices (default: the run's grads.batch_size)")
     p.add_argument("--param-groups", default=None,
-                   help="also store per-example gradients of these parameter groups (comma-separated, "
-                        "or 'all') from the same pass, as the field param_grads")
-    p.add_argument("--include-bias", action="store_true", help="with --param-groups: keep biases")
-    p.add_argument("--out", required=True, help="store directory (resumes if it exists)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_grads)
-    p = sub.add_parser("score", help="Top proponents/opponents of each test point, with the "
-                       "words that drive each score (JSONL + HTML report).")
-    p.add_argument("--method", required=True, help="e.g. tracin_we_topk, tracin_last, tracin_layer[layer_0]")
+                   help="also store per-example gradients of these parameter groups (comma-separated, or "
+                        "'all') from the same pass, as the field param_grads")
+    p.add_argument("--include-bias", action="store_true", help="with --param-groups: keep the biases")
+    p.add_argument("--out", required=True, help="store directory; an unfinished store with the same "
+                   "arguments resumes, one made with other arguments is an error (see --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace a store in --out made with other arguments")
+    _common(p)
+
+    # -- score
+    p = command("score", "Top proponents and opponents of each test point, with the words that drive "
+                "each score (JSONL + HTML report).", "score:run")
+    p.add_argument("--method", required=True,
+                   help="influence method: tracin_we, tracin_we_topk, tracin_we_noc, tracin_common, "
+                        "tracin_we_syn, tracin_last, tracin_layer[GROUP,...], tracin_all, influence_last, "
+                        "representer, tracin_tfidf")
     p.add_argument("--test", required=True, help="gradient store of the test points")
     p.add_argument("--train", required=True, help="gradient store of the training examples")
-    p.add_argument("--run", default=None, help="training run directory (texts, tokens, parameters)")
+    p.add_argument("--run", default=None, help="training run directory: texts and tokens for the report, "
+                   "parameters for methods that need them")
     p.add_argument("--top", type=int, default=100, help="proponents and opponents kept per test point")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--opt", action="append", default=[], help="method option key=value (repeatable)")
+    p.add_argument("--out", required=True, help="output directory (retrieval.npz, scores.jsonl, "
+                   "report.html, summary.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace outputs in --out that were made with other arguments")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, e.g. --opt damping=0.1 (repeatable)")
     p.add_argument("--candidates", default=None,
-                   help="JSON: train ids, or {test_id: [train ids]} (e.g. the no-overlap experiment)")
-    p.add_argument("--part", default=None, help="I/N: score only training shards s %% N == I")
-    p.add_argument("--merge", nargs="+", default=None, help="merge part-*.npz files, then write outputs")
+                   help="JSON file: a list of train ids every test point is restricted to, or "
+                        "{test_id: [train ids]} (e.g. the no-overlap experiment)")
+    p.add_argument("--part", default=None, metavar="I/N",
+                   help="score only training shards s with s %% N == I and write part-I-of-N.npz (many hosts)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="PART",
+                   help="merge part-*.npz files exactly, then write the outputs")
     p.add_argument("--top-tokens", type=int, default=5, help="tokens listed per JSONL line")
-    p.add_argument("--html-top", type=int, default=10, help="neighbors per kind in the HTML report")
-    p.add_argument("--no-html", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_score)
-    p = sub.add_parser("explain", help="One pair's score decomposed over its shared tokens.")
-    p.add_argument("--method", default="tracin_we_topk")
+    p.add_argument("--html-top", type=int, default=10, help="neighbours per kind shown in the HTML report")
+    p.add_argument("--no-html", action="store_true", help="skip report.html")
+    _common(p)
+
+    # -- explain
+    p = command("explain", "One pair's score, decomposed over its shared tokens (they sum to the score).",
+                "explain:run")
+    p.add_argument("--method", default="tracin_we_topk",
+                   help="a method with a word-level decomposition (tracin_we family); others print the score only")
     p.add_argument("--test", required=True, help="gradient store of the test points")
     p.add_argument("--train", required=True, help="gradient store of the training examples")
-    p.add_argument("--test-id", type=int, required=True)
-    p.add_argument("--train-id", type=int, required=True)
-    p.add_argument("--run", default=None, help="training run directory (decodes tokens)")
-    p.add_argument("--opt", action="append", default=[], help="method option key=value (repeatable)")
-    p.add_argument("--top", type=int, default=None, help="show the N tokens of largest |contribution|")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_explain)
-    p = add("demo", "End-to-end job on the embedded synthetic data.", cmd_demo, default_config="demo")
-    p.add_argument("--out", default="runs/demo")
-    from tracin_jax.analysis.commands import register as register_analyze
-    register_analyze(sub)  # analyze cancellation | clusters
-    from tracin_jax.deletion.commands import register as register_sweep
-    register_sweep(sub)  # sweep plan | run | report
+    p.add_argument("--test-id", type=int, required=True, help="example id of the test point (a row of the test store)")
+    p.add_argument("--train-id", type=int, required=True, help="example id of the training example")
+    p.add_argument("--run", default=None, help="training run directory (decodes token ids to strings)")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option (repeatable)")
+    p.add_argument("--top", type=int, default=None, help="show only the N tokens of largest |contribution|")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    # -- demo
+    p = command("demo", "The whole job end to end on the embedded synthetic data (minutes on a CPU).",
+                "demo:run")
+    _config_arg(p, default="demo")
+    p.add_argument("--out", default="runs/demo", help="output directory; a rerun resumes finished stages")
+    _common(p)
+
+    # -- analyze
+    analyze = sub.add_parser("analyze", help="The paper's analyses: cancellation ratio (sec. 3), mislabel "
+                             "clusters (appendix A).", formatter_class=HelpFormatter)
+    kinds = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS", parser_class=Parser)
+    p = kinds.add_parser("cancellation", formatter_class=HelpFormatter,
+                         help="C(W), G(W)_c, ΔW_c and gradient cosine similarity per parameter group "
+                              "(bias vs weight, per layer): table, JSON, bar plot.")
+    p.set_defaults(**_target("analyze:cancellation_cmd"))
+    p.add_argument("--run", required=True, help="training run directory")
+    p.add_argument("--split", default="train", help="examples whose gradients are summed (train, eval, test)")
+    p.add_argument("--num-examples", type=int, default=256, help="sample size; G is scaled to the split")
+    p.add_argument("--seed", type=int, default=0, help="sample seed")
+    p.add_argument("--checkpoints", default=None, help="steps, e.g. 100,200,300 (default: all)")
+    p.add_argument("--groups", default=None, help="parameter groups, e.g. word_embedding,layer_0 (default: all)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="examples per gradient call (default: as many as 2^24 gradient floats allow)")
+    p.add_argument("--out", required=True, help="output directory")
+    _common(p)
+    p = kinds.add_parser("clusters", formatter_class=HelpFormatter,
+                         help="Hard training examples clustered by influence distance (appendix A), "
+                              "with their common words, as Markdown.")
+    p.set_defaults(**_target("analyze:clusters_cmd"))
+    p.add_argument("--run", required=True, help="training run directory")
+    p.add_argument("--models", type=int, default=5, help="N models trained to find hard examples")
+    p.add_argument("--seeds", default=None, help="seeds of the N models, e.g. 0,1,2 (default: 0..N-1)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs of the N models (early stopping; default: the run's)")
+    p.add_argument("--min-error-rate", type=float, default=0.4,
+                   help="an example is hard if at least this share of the N models misclassify it")
+    p.add_argument("--hard-positions", default=None,
+                   help="JSON list of training rows to cluster (skips training the N models)")
+    p.add_argument("--method", default="tracin_we", help="influence method of the distance")
+    p.add_argument("--threshold", type=float, default=0.8, help="agglomerative clustering distance threshold")
+    p.add_argument("--min-size", type=int, default=3, help="smallest cluster reported")
+    p.add_argument("--linkage", default="average", choices=("average", "complete", "single"),
+                   help="agglomerative clustering linkage")
+    p.add_argument("--out", required=True, help="output directory")
+    _common(p)
+
+    # -- sweep
+    sweep = sub.add_parser("sweep", help="Case-deletion sweeps: plan, run (sharded, restartable), report.",
+                           formatter_class=HelpFormatter)
+    steps = sweep.add_subparsers(dest="sweep_command", required=True, metavar="STEP", parser_class=Parser)
+    p = steps.add_parser("plan", formatter_class=HelpFormatter,
+                         help="Write the manifest of retraining jobs from rankings; estimate its cost.")
+    p.set_defaults(**_target("sweep:plan"))
+    _config_arg(p, what="config whose sweep settings are used (default: the run's saved config)")
+    p.add_argument("--run", default=None, help="training run directory (default: runs/<config name>)")
+    p.add_argument("--out", required=True, help="sweep directory (manifest.json, results/, report/)")
+    p.add_argument("--rankings", nargs="*", default=[],
+                   help="tracin-jax score output directories (or retrieval.npz / scores.jsonl), one per method")
+    p.add_argument("--train-store", default=None,
+                   help="training gradient store (rankings, LDS and self-influence computed here)")
+    p.add_argument("--test-store", default=None, help="test-point gradient store")
+    p.add_argument("--no-measure", action="store_true", help="skip timing replica steps for the estimate")
+    _common(p)
+    p = steps.add_parser("run", formatter_class=HelpFormatter,
+                         help="Run this worker's unfinished jobs, R retrainings per program.")
+    p.set_defaults(**_target("sweep:run"))
+    p.add_argument("--manifest", required=True, help="sweep directory or its manifest.json")
+    p.add_argument("--shard", type=int, default=None,
+                   help="static sharding: run jobs i with i %% N == SHARD (default: from the job environment: "
+                        "jax.process_index(), SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX)")
+    p.add_argument("--num-shards", type=int, default=None, help="N of --shard (default: from the environment)")
+    p.add_argument("--replicas", type=int, default=None,
+                   help="R retrainings per program (default: the plan's sweep.replicas; 0 = from memory)")
+    p.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs")
+    _common(p)
+    p = steps.add_parser("report", formatter_class=HelpFormatter,
+                         help="DEL±/AUC-DEL± with intervals, LDS, mislabel detection, fixing: tables "
+                              "(Markdown, CSV) and plots (PNG).")
+    p.set_defaults(**_target("sweep:report"))
+    p.add_argument("--manifest", required=True, help="sweep directory or its manifest.json")
+    p.add_argument("--out", default=None, help="output directory (default: SWEEP/report)")
+    p.add_argument("--bootstrap", type=int, default=None,
+                   help="bootstrap samples (default: the plan's sweep.bootstrap)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     return parser
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    """tracin_jax's own messages on stderr: notices (INFO) by default, DEBUG with -v, only
+    warnings with -q; other libraries' chatter at WARNING."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    ours = logging.getLogger("tracin_jax")
+    ours.handlers.clear()
+    handler = _StderrHandler()
+    handler.setFormatter(_Formatter())
+    ours.addHandler(handler)
+    ours.setLevel(level)
+    ours.propagate = False
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if not verbose else logging.INFO)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (tests swap it)."""
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record):
+        prefix = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.DEBUG: "debug: "}
+        return prefix.get(record.levelno, "") + record.getMessage()
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --config.a.b=v overrides are collected here; argparse sees the rest.
     overrides = [a for a in argv if a.startswith("--config.")]
-    rest = [a for a in argv if not a.startswith("--config.")]
-    args = parser_args = build_parser().parse_args(rest)
-    _setup_logging(parser_args.verbose)
+    args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    _setup_logging(args.verbose, args.quiet)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from tracin_jax.mesh import initialize_distributed
-    initialize_distributed()  # multi-host jobs (TPU pod, SLURM, coordinator env); no-op otherwise
-    return int(args.func(args, overrides) or 0)
+    module_name, func_name = args.target.split(":")
+    try:
+        module = importlib.import_module(f"tracin_jax.commands.{module_name}")
+        return int(getattr(module, func_name)(args, overrides) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the user; the traceback only when asked for
+        if debug:
+            raise
+        from tracin_jax.errors import TracinError  # light: no JAX
+        if isinstance(e, TracinError):
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return e.exit_code
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+            print(f"error: {_one_line(e)}; check the path", file=sys.stderr)
+            return 1
+        print(f"error: {type(e).__name__}: {_one_line(e)}; run with --debug for the traceback",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

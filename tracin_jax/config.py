@@ -13,6 +13,11 @@ import json
 from pathlib import Path
 
 import ml_collections
+from absl import flags as absl_flags
+from ml_collections.config_flags import config_path
+from ml_collections.config_flags.tuple_parser import TupleParser
+
+from tracin_jax.errors import ConfigError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -250,54 +255,89 @@ def use_paper_sgd(cfg: ml_collections.ConfigDict, *, lr: float, epochs: int, bat
     return cfg
 
 
+# The repository's configs/ directory: ``--config demo`` names configs/demo.py.
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config file path, or the name of one in the repository's ``configs/``."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = REPO_CONFIGS / (path.name if path.suffix == ".py" else f"{path.name}.py")
+    if candidate.is_file() and path.parent == Path("."):
+        return candidate
+    known = sorted(p.stem for p in REPO_CONFIGS.glob("*.py")) if REPO_CONFIGS.is_dir() else []
+    raise ConfigError(f"config {str(name)!r} not found (looked at {path.absolute()} and {candidate})",
+                      f"pass a config file, or one of {known}")
+
+
 def load_config(path: str | Path) -> ml_collections.ConfigDict:
     """Executes ``get_config()`` of a config file (Python, part of this repo or the user's)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}")
     spec = importlib.util.spec_from_file_location(f"tracin_jax_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"{path} defines no get_config()")
+        raise ConfigError(f"{path} defines no get_config()", "a config file returns its ConfigDict from get_config()")
     return module.get_config()
 
 
-def _parse_value(text: str):
+def parse_literal(text: str):
+    """A Python literal (``1e-3``, ``(5, 10)``, ``None``, ``True``, ``'x'``) or, failing that, the text."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
 
 
+# Parsers of override values by the field's type (absl's, as ml_collections.config_flags uses).
+_PARSERS = {bool: absl_flags.BooleanParser(), int: absl_flags.IntegerParser(),
+            float: absl_flags.FloatParser(), tuple: TupleParser()}
+_NONE = ("None", "none", "null")
+
+
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
     """Applies ``config.a.b=value`` strings (the ``--`` and ``config.`` prefixes optional).
 
-    Values are parsed as Python literals when possible (``1e-3``, ``(5, 10)``,
-    ``None``, ``True``), else kept as strings. Unknown keys are an error.
+    Each value is parsed for the field's type (``ml_collections.config_flags.config_path``' field
+    types and absl's parsers: ``1e-3``, ``3``, ``true``, ``(5, 10)``; ``None`` clears a
+    field that may be unset) and type-checked by the ``ConfigDict``. Unknown keys and
+    values of the wrong type raise ``ConfigError`` naming the key.
     """
     for item in overrides:
         item = item.removeprefix("--").removeprefix("config.")
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
+            raise ConfigError(f"override {item!r} is not of the form key=value", "e.g. --config.train.lr=1e-3")
         key, text = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = cfg
-        for p in parents:
-            if p not in node:
-                raise KeyError(f"unknown config key {key!r} (no {p!r})")
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"unknown config key {key!r}; known at this level: {sorted(node.keys())}")
-        value = _parse_value(text)
-        current = node[leaf]
-        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(current, tuple) and isinstance(value, list):
-            value = tuple(value)
-        if isinstance(current, str) and not isinstance(value, str):
-            value = text
-        node[leaf] = value
+        try:
+            field_type = config_path.get_type(key, cfg)
+        except (AttributeError, KeyError):
+            node, found = cfg, []  # the deepest section of the key that exists
+            for part in key.split(".")[:-1]:
+                if not isinstance(node.get(part), ml_collections.ConfigDict):
+                    break
+                node = node[part]
+                found.append(part)
+            raise ConfigError(f"unknown config key {key!r}", f"known keys at "
+                              f"{'.'.join(found) or 'the top level'}: {sorted(node.keys())}") from None
+        try:
+            if text.strip() in _NONE:
+                if config_path.get_value(key, cfg) is not None:
+                    raise ValueError("this field cannot be None")
+                value = None
+            elif field_type in _PARSERS:
+                value = _PARSERS[field_type].parse(text)
+            elif field_type is str:
+                value = text
+            else:
+                value = parse_literal(text)
+            config_path.set_value(key, cfg, value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"--config.{key}={text}: {e}",
+                              f"the field holds a {getattr(field_type, '__name__', field_type)}") from None
     return cfg
 
 

@@ -25,13 +25,15 @@ the mean over ordered pairs of distinct examples, computed in one streaming pass
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from tracin_jax.analysis.plots import cancellation_bars
+from tracin_jax.files import atomic_write_json, atomic_write_text
+from tracin_jax.grads.param_grads import ParamGradients
 from tracin_jax.models import is_bias, parameter_groups
 
 log = logging.getLogger(__name__)
@@ -248,8 +250,6 @@ def analyze_checkpoints(model, params_at: Callable[[int], object], checkpoints: 
       population: |D| the sample stands for (default ``len(encoded)``).
       groups: per-group views to report (default all; aggregates always).
     """
-    from tracin_jax.grads.param_grads import ParamGradients
-
     checkpoints = sorted((int(s), float(lr)) for s, lr in checkpoints)
     if len(checkpoints) < 2:
         raise ValueError(f"ΔW_c needs at least 2 checkpoints, got {[s for s, _ in checkpoints]}")
@@ -294,47 +294,13 @@ def analyze_checkpoints(model, params_at: Callable[[int], object], checkpoints: 
                               views=results)
 
 
-def analyze_run(run_dir: str | Path, *, split: str = "train", num_examples: int = 256,
-                seed: int = 0, steps: str | Sequence[int] | None = None,
-                groups: Sequence[str] | None = None, setup=None, progress: bool = False,
-                chunk_size: int | None = None) -> CancellationReport:
-    """``tracin-jax analyze cancellation``: a seeded sample of ``split`` over the run's checkpoints."""
-    from tracin_jax.grads import parse_steps
-    from tracin_jax.mesh import make_local_mesh
-    from tracin_jax.pipeline import split_examples
-    from tracin_jax.train import CheckpointStore, load_run
-
-    run_dir = Path(run_dir)
-    setup = setup or load_run(run_dir)
-    store = CheckpointStore(run_dir / "checkpoints")
-    try:
-        infos = {c.step: c.learning_rate for c in store.infos()}
-        if not infos:
-            raise FileNotFoundError(f"no checkpoints in {run_dir / 'checkpoints'}")
-        if steps is not None and not isinstance(steps, str):
-            steps = ",".join(str(int(s)) for s in steps)
-        chosen = parse_steps(steps, infos)
-        ex = split_examples(setup, split)
-        n = len(ex.encoded.labels)
-        if num_examples < 2:
-            raise ValueError(f"num_examples must be >= 2, got {num_examples}")
-        rows = np.sort(np.random.default_rng(seed).permutation(n)[:min(int(num_examples), n)])
-        return analyze_checkpoints(setup.model, store.restore_params, [(s, infos[s]) for s in chosen],
-                                   ex.encoded, rows, population=n, groups=groups, split=split,
-                                   mesh=make_local_mesh(), chunk_size=chunk_size, progress=progress)
-    finally:
-        store.close()
-
-
 def write_report(report: CancellationReport, out_dir: str | Path) -> dict[str, str]:
     """Writes ``cancellation.json``, ``cancellation.md`` and ``cancellation.png``."""
-    from tracin_jax.analysis.plots import cancellation_bars
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "cancellation.json", "markdown": out / "cancellation.md",
              "plot": out / "cancellation.png"}
-    paths["json"].write_text(json.dumps(report.to_json(), indent=2))
-    paths["markdown"].write_text(report.markdown())
+    atomic_write_json(paths["json"], report.to_json())
+    atomic_write_text(paths["markdown"], report.markdown())
     cancellation_bars(report, paths["plot"])
     return {k: str(v) for k, v in paths.items()}

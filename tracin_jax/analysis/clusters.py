@@ -20,14 +20,22 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
 
+import jax
 import numpy as np
+from sklearn.cluster import AgglomerativeClustering
+
+from tracin_jax.deletion.replicas import ReplicaTrainer
+from tracin_jax.deletion.schedule import ReplicaSpec
+from tracin_jax.files import atomic_write_json, atomic_write_text
+from tracin_jax.mesh import make_local_mesh
+from tracin_jax.methods.explain import gather_records, pair_contributions
+from tracin_jax.train import predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +88,6 @@ def cluster_by_distance(distance: np.ndarray, threshold: float = DISTANCE_THRESH
 
     Returns index arrays (ascending) sorted by size, largest first (ties: smallest index).
     """
-    from sklearn.cluster import AgglomerativeClustering
 
     d = np.asarray(distance, np.float64)
     if len(d) < 2:
@@ -157,12 +164,6 @@ def train_models(setup, seeds: Sequence[int], *, epochs: int | None = None, mesh
     """Softmax probabilities ``[R, N, C]`` on the training set of R models trained on all of it
     (one per seed, as ``train`` with that seed and ``epochs``, default the run's), via the
     vmapped replica trainer."""
-    import jax
-
-    from tracin_jax.deletion.replicas import ReplicaSpec, ReplicaTrainer
-    from tracin_jax.mesh import make_local_mesh
-    from tracin_jax.train import predict_proba
-
     trainer = ReplicaTrainer(setup.cfg, setup.model, setup.train, mesh=mesh, epochs=epochs)
     keep = np.ones(len(setup.train.labels), bool)
     report = None
@@ -179,28 +180,6 @@ def train_models(setup, seeds: Sequence[int], *, epochs: int | None = None, mesh
                                    setup.train, batch, eval_mesh) for r in range(len(seeds))])
 
 
-def _extract_rows(setup, run_dir: Path, rows: np.ndarray, out_dir: Path, k, progress: bool):
-    """Gradient store of training rows ``rows`` (split ``train_hard``) under ``out_dir/grads-<fingerprint>``."""
-    from tracin_jax.grads import extract_gradients
-    from tracin_jax.pipeline import model_info
-    from tracin_jax.train import CheckpointStore
-
-    texts, encoded = setup.texts["train"].subset(rows), setup.train.subset(rows)
-    out_dir = out_dir / f"grads-{texts.fingerprint()[:12]}"  # one store per set of hard examples
-    ckpts = CheckpointStore(run_dir / "checkpoints")
-    try:
-        g = setup.cfg.grads
-        store = extract_gradients(
-            setup.model, [(c.step, c.learning_rate) for c in ckpts.infos()], ckpts.restore_params,
-            encoded, out_dir, fingerprint=texts.fingerprint(), split=HARD_SPLIT,
-            model_info=model_info(setup), vocab_size=int(setup.cfg.model.vocab_size), k=k,
-            topk_by=g.topk_by, dtype="float32", shard_size=int(g.shard_size),
-            batch_size=int(g.batch_size), mode=g.mode, progress=progress)
-    finally:
-        ckpts.close()
-    return store, texts, encoded
-
-
 def common_tokens(method, store, positions: Sequence[int], context, top_per_pair: int = TOP_TOKENS_PER_PAIR,
                   top: int = 5, skip_special: bool = True) -> list[tuple[str, int]]:
     """Tokens most often among each member pair's ``top_per_pair`` largest positive contributions.
@@ -208,8 +187,6 @@ def common_tokens(method, store, positions: Sequence[int], context, top_per_pair
     ``skip_special`` leaves out the start/end tokens: they are shared by every pair, so they
     say nothing about what a cluster has in common (the paper's tables list words only).
     """
-    from tracin_jax.methods.explain import gather_records, pair_contributions
-
     if not method.decomposable:
         return []
     weights = method.checkpoint_weights(store, store)
@@ -226,75 +203,10 @@ def common_tokens(method, store, positions: Sequence[int], context, top_per_pair
     return [(str(tok), int(n)) for tok, (_, n) in zip(tokens, ranked)]
 
 
-def find_clusters(run_dir: str | Path, out_dir: str | Path, *, num_models: int = 5, seeds=None,
-                  epochs: int | None = None, min_error_rate: float = MIN_ERROR_RATE, hard_positions: Sequence[int] | None = None,
-                  method: str = "tracin_we", threshold: float = DISTANCE_THRESHOLD,
-                  min_size: int = MIN_CLUSTER_SIZE, linkage: str = "average", top: int = 5,
-                  setup=None, progress: bool = False) -> ClusterReport:
-    """The appendix-A pipeline on a training run; writes ``hardness.json`` and the store under ``out_dir``.
-
-    ``hard_positions`` (training-split rows) skips the N-model selection. ``epochs``: training
-    length of the N models (the paper early-stops them, so that they do not memorise the
-    mislabelled examples; default the run's ``train.epochs``).
-    """
-    from tracin_jax.mesh import make_local_mesh
-    from tracin_jax.methods import RunContext, get_method, score_matrix
-    from tracin_jax.train import load_run
-
-    run_dir, out = Path(run_dir), Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    setup = setup or load_run(run_dir)
-    labels = np.asarray(setup.train.labels)
-    mesh = make_local_mesh()
-    predictions = None
-    if hard_positions is None:
-        seeds = list(range(int(num_models))) if seeds is None else [int(s) for s in seeds]
-        probs = train_models(setup, seeds, epochs=epochs, mesh=mesh, progress=progress)
-        rate = misclassification_rate(probs, labels)
-        hard = select_hard(rate, min_error_rate)
-        votes = np.argmax(probs, -1)  # [R, N]
-        predictions = np.asarray([np.bincount(votes[:, n], minlength=probs.shape[-1]).argmax()
-                                  for n in range(votes.shape[1])])
-        (out / "hardness.json").write_text(json.dumps({
-            "seeds": seeds, "epochs": epochs or int(setup.cfg.train.epochs), "min_error_rate": min_error_rate,
-            "error_rate": rate.round(6).tolist(), "hard_positions": hard.tolist(),
-            "hard_ids": np.asarray(setup.train.ids)[hard].tolist()}))
-        num_models = len(seeds)
-        log.info("hard examples: %d of %d misclassified by >= %.0f%% of %d models", len(hard),
-                 len(labels), 100 * min_error_rate, num_models)
-    else:
-        hard = np.unique(np.asarray(hard_positions, np.int64))
-        num_models = 0
-    if len(hard) < 2:
-        raise ValueError(f"only {len(hard)} hard examples (error rate >= {min_error_rate}); "
-                         "nothing to cluster")
-    k = None if method == "tracin_we" else setup.cfg.grads.k
-    store, texts, encoded = _extract_rows(setup, run_dir, hard, out, k, progress)
-    context = RunContext.from_run(run_dir, setup=setup)
-    context.add_split(HARD_SPLIT, texts, encoded)
-    m = get_method(method)
-    matrix = score_matrix(m, store, store, context=context, mesh=mesh)
-    distance = influence_distance(matrix.scores)
-    clusters = []
-    for members in cluster_by_distance(distance, threshold, min_size, linkage):
-        pos = hard[members]
-        sub = distance[np.ix_(members, members)]
-        clusters.append(Cluster(
-            members=np.asarray(setup.train.ids)[pos].tolist(), positions=pos.tolist(),
-            labels=labels[pos].tolist(),
-            predictions=[] if predictions is None else predictions[pos].tolist(),
-            mean_distance=float(sub[np.triu_indices(len(members), 1)].mean()),
-            common_tokens=common_tokens(m, store, members, context, top=top),
-            texts=[texts.texts[i] for i in members]))
-    return ClusterReport(method=m.name, num_models=num_models, min_error_rate=min_error_rate,
-                         threshold=threshold, num_hard=len(hard),
-                         label_names=list(setup.texts["train"].label_names), clusters=clusters)
-
-
 def write_report(report: ClusterReport, out_dir: str | Path) -> dict[str, str]:
     """``clusters.md`` (tables as in appendix A) and ``clusters.json``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "clusters.json").write_text(json.dumps(report.to_json(), indent=2))
-    (out / "clusters.md").write_text(report.markdown())
+    atomic_write_json(out / "clusters.json", report.to_json())
+    atomic_write_text(out / "clusters.md", report.markdown())
     return {"json": str(out / "clusters.json"), "markdown": str(out / "clusters.md")}

@@ -17,13 +17,13 @@ The gain of TracIn-WE here comes from common tokens (start/end, stop words).
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import ml_collections
 import numpy as np
+
+from tracin_jax.methods import lowest_tfidf_candidates
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,6 @@ def nooverlap_defaults() -> ml_collections.ConfigDict:
 
 def lowest_tfidf_sets(test_ds, train_ds, num_candidates: int) -> dict[int, np.ndarray]:
     """``{test id: [num_candidates] training ids}`` with the lowest TF-IDF cosine (ties by position)."""
-    from tracin_jax.methods import lowest_tfidf_candidates
-
     def joined(ds):
         if ds.text_pairs is None:
             return list(ds.texts)
@@ -69,62 +67,3 @@ def shared_tokens(test_enc, train_enc, candidates: Mapping[int, np.ndarray],
             none.append(k == 0)
     return {"mean_shared_tokens": float(np.mean(shared)), "share_without_overlap": float(np.mean(none)),
             "pairs": len(shared)}
-
-
-def rank_within_candidates(methods: Sequence[str], test_store, train_store, candidates, depth: int, *,
-                           context=None, mesh=None) -> dict:
-    """``{method: deletion.Rankings}``: each test point's top-``depth`` proponents/opponents among
-    its own candidates only."""
-    from tracin_jax.deletion.rankings import from_retrieval, method_options
-    from tracin_jax.methods import top_k
-
-    out = {}
-    for method in methods:
-        name, options = method_options(method, train_store)
-        retrieval = top_k(name, test_store, train_store, int(depth), context=context, mesh=mesh,
-                          options=options, per_test_candidates=candidates)
-        out[method] = from_retrieval(retrieval)
-    return out
-
-
-def run_nooverlap(cfg: ml_collections.ConfigDict, out_dir: str | Path, *, progress: bool = False,
-                  echo=print) -> dict:
-    """Train (frozen embedding) → exact gradient stores → TF-IDF candidates → rankings within
-    them → deletion sweep (frozen embedding) → report. Resumable: every stage skips finished work."""
-    from tracin_jax import mesh as mesh_lib
-    from tracin_jax.deletion import plan_from_run, run_sweep, sweep_report
-    from tracin_jax.methods import RunContext
-    from tracin_jax.pipeline import run_gradients, split_examples
-    from tracin_jax.train import prepare_run, train
-
-    if not cfg.train.freeze_word_embeddings:
-        raise ValueError("the no-overlap experiment freezes the word embedding (appendix J): set "
-                         "train.freeze_word_embeddings=True")
-    out = Path(out_dir)
-    run = out / "run"
-    setup = prepare_run(cfg, run)
-    result = train(cfg, run, setup=setup, progress=progress)
-    echo(f"[nooverlap] trained: eval accuracy {result.eval_metrics['accuracy']:.4f}, checkpoints "
-         f"{[c.step for c in result.checkpoints]}")
-    stores = {split: run_gradients(run, split, out / "grads" / split, k=0, setup=setup, progress=progress)
-              for split in ("train", "test")}  # exact vectors: tracin_we / _noc / common
-    test = split_examples(setup, "test")
-    candidates = lowest_tfidf_sets(test.texts, setup.texts["train"], int(cfg.nooverlap.num_candidates))
-    overlap = shared_tokens(test.encoded, setup.train, candidates, ignore=[setup.tokenizer.pad_id,
-                                                                          *setup.tokenizer.special_ids])
-    echo(f"[nooverlap] {len(candidates)} test points x {len(next(iter(candidates.values())))} candidates; "
-         f"shared word types per pair (specials excluded): {overlap['mean_shared_tokens']:.3f}, "
-         f"{overlap['share_without_overlap']:.1%} of pairs share none")
-    (out / "candidates.json").write_text(json.dumps({str(k): v.tolist() for k, v in candidates.items()}))
-    context = RunContext.from_run(run, setup=setup)
-    mesh = mesh_lib.make_local_mesh()
-    depth = max(int(k) for k in cfg.sweep.k_grid)
-    rankings = rank_within_candidates(cfg.sweep.methods, stores["test"], stores["train"], candidates,
-                                      depth, context=context, mesh=mesh)
-    plan_from_run(cfg.sweep, run, out / "sweep", rankings=rankings, setup=setup, context=context,
-                  mesh=mesh, measure=False, echo=echo)
-    run_sweep(out / "sweep", setup=setup, progress=True, echo=echo)
-    summary = sweep_report(out / "sweep")
-    summary["overlap"] = overlap
-    (out / "nooverlap_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary

@@ -22,17 +22,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import ml_collections
 import numpy as np
 
-from tracin_jax.deletion.rankings import Rankings
+from tracin_jax.errors import DataError
+from tracin_jax.files import read_json
+from tracin_jax.rankings import Rankings
 
 log = logging.getLogger(__name__)
 
@@ -45,37 +44,17 @@ LDS_SALT = 461  # keeps LDS subset streams apart from data-order streams of the 
 
 # ----------------------------------------------------------------------------- files
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Writes JSON to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, allow_nan=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_save_npz(path: str | Path, **arrays) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
 def load_manifest(path: str | Path) -> dict:
     """Reads ``manifest.json`` (or the sweep directory holding it)."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST
     if not path.exists():
-        raise FileNotFoundError(f"sweep manifest {path} not found: run tracin-jax sweep plan first")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        raise DataError(f"sweep manifest {path} not found", "run tracin-jax sweep plan first")
+    manifest = read_json(path, "sweep manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+                        f"expected {FORMAT!r}", "is it a tracin-jax sweep manifest?")
     manifest["_dir"] = str(path.parent)
     return manifest
 
@@ -330,70 +309,3 @@ def manifest_summary(manifest: dict) -> dict:
     return {"jobs": len(manifest["jobs"]), "by_kind": counts,
             "test_points": len(manifest["test_points"]), "fix_points": len(manifest["fix_points"]),
             "methods": manifest["methods"], "k_grid": manifest["k_grid"], "seeds": manifest["seeds"]}
-
-
-def measure_step_time(setup, replicas: int, *, mesh=None, vmap_width: int = 0, steps: int = 2,
-                      repeats: int = 2) -> float:
-    """Seconds per training step of an R-replica program on this machine.
-
-    The slope between runs of ``steps`` and ``3 · steps`` steps (one compiled program,
-    so compilation and per-run setup cancel), best of ``repeats``.
-    """
-    import jax
-    from tracin_jax.deletion.replicas import ReplicaSpec, ReplicaTrainer
-
-    cfg = ml_collections.ConfigDict(setup.cfg.to_dict())
-    trainer = ReplicaTrainer(cfg, setup.model, setup.train, mesh=mesh, steps_per_call=steps,
-                             vmap_width=vmap_width)
-    specs = [ReplicaSpec(seed=i, keep=np.ones(len(setup.train), bool)) for i in range(replicas)]
-
-    def timed(n_steps: int) -> float:
-        with trainer.train_cfg.ignore_type():
-            trainer.train_cfg.max_steps = n_steps
-        t0 = time.perf_counter()
-        jax.block_until_ready(trainer.train(specs).params)
-        return time.perf_counter() - t0
-
-    timed(steps)  # compiles
-    best = min(timed(3 * steps) - timed(steps) for _ in range(repeats))
-    return max(best / (2 * steps), 1e-9)
-
-
-def choose_vmap_width(setup, replicas: int, *, mesh=None, steps: int = 2) -> tuple[int, dict]:
-    """Replicas vmapped together per device, by measurement on CPU (1 vs all: a vmap wins
-    for small models, plain steps for larger ones); all of them on accelerators."""
-    import jax
-    from tracin_jax import mesh as mesh_lib
-
-    mesh = mesh or mesh_lib.make_local_mesh()
-    local = max(1, replicas // len(mesh.local_devices))
-    if mesh.devices.flat[0].platform != "cpu" or local == 1:
-        return local, {}
-    times = {w: measure_step_time(setup, replicas, mesh=mesh, vmap_width=w, steps=steps) for w in (1, local)}
-    return min(times, key=times.get), {str(w): t for w, t in times.items()}
-
-
-def estimate_cost(manifest: dict, setup, replicas: int, *, mesh=None, vmap_width: int = 0) -> dict:
-    """Wall time of the whole sweep from measured replica step times (and the vmap width
-    they select, when ``vmap_width`` is 0). A retraining is ``epochs · ceil(N / B)``
-    steps; jobs run R at a time on this machine (divide by the number of shards)."""
-    import jax
-
-    t0 = time.perf_counter()
-    if vmap_width:
-        width, by_width = int(vmap_width), {}
-        step_s = measure_step_time(setup, replicas, mesh=mesh, vmap_width=width)
-    else:
-        width, by_width = choose_vmap_width(setup, replicas, mesh=mesh)
-        step_s = by_width[str(width)] if by_width else measure_step_time(setup, replicas, mesh=mesh,
-                                                                         vmap_width=width)
-    n = manifest["num_train"]
-    steps_per_retrain = int(manifest["epochs"]) * math.ceil(n / int(setup.cfg.train.batch_size))
-    groups = math.ceil(len(manifest["jobs"]) / replicas)
-    total_s = groups * steps_per_retrain * step_s
-    devices = mesh.local_devices if mesh is not None else jax.local_devices()
-    return {"replicas": int(replicas), "vmap_width": int(width), "step_time_s": step_s,
-            "step_time_s_by_vmap_width": by_width, "steps_per_retrain": steps_per_retrain,
-            "groups": groups, "retrain_s": steps_per_retrain * step_s / replicas, "total_s": total_s,
-            "total_hours": total_s / 3600.0, "device": str(devices[0].device_kind),
-            "num_devices": len(devices), "measured_in_s": time.perf_counter() - t0}

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from tracin_jax.deletion import metrics
-from tracin_jax.deletion.plan import atomic_write_json, lds_keep_mask, load_manifest
+from tracin_jax.deletion.plan import lds_keep_mask, load_manifest
 from tracin_jax.deletion.runner import load_failures, load_results
+from tracin_jax.files import atomic_write_json
 
 log = logging.getLogger(__name__)
 

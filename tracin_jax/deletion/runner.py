@@ -26,8 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tracin_jax.deletion.plan import atomic_write_json, lds_keep_mask, load_manifest, positions_of_ids
-from tracin_jax.deletion.replicas import NO_EDIT, ReplicaSpec, ReplicaTrainer, choose_num_replicas
+from tracin_jax import mesh as mesh_lib
+from tracin_jax.deletion.cost import choose_num_replicas
+from tracin_jax.deletion.plan import lds_keep_mask, load_manifest, positions_of_ids, training_fingerprint
+from tracin_jax.deletion.replicas import ReplicaTrainer
+from tracin_jax.deletion.schedule import NO_EDIT, ReplicaSpec
+from tracin_jax.files import atomic_write_json
+from tracin_jax.train import load_run
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +146,6 @@ class JobInputs:
 
 def make_trainer(setup, manifest: dict, mesh=None) -> ReplicaTrainer:
     """The replica trainer of a sweep: the run's model, data and training settings."""
-    from tracin_jax import mesh as mesh_lib
-
     sweep = manifest["sweep"]
     if mesh is None:
         devices = sweep.get("num_devices")
@@ -163,9 +166,6 @@ def run_sweep(manifest_path: str | Path, *, shard: int | None = None, num_shards
       setup: the run's ``RunSetup`` (default: ``load_run(manifest['run_dir'])``).
       max_jobs: stop after this many jobs (tests, smoke runs).
     """
-    from tracin_jax.deletion.plan import training_fingerprint
-    from tracin_jax.train import load_run
-
     manifest = load_manifest(manifest_path)
     sweep_dir = Path(manifest["_dir"])
     sweep = manifest["sweep"]

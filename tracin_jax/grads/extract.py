@@ -17,8 +17,10 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from tracin_jax import mesh as mesh_lib
+from tracin_jax.errors import UsageError
 from tracin_jax.grads.embedding_grads import make_gradient_fn
 from tracin_jax.models import check_token_ids
 from tracin_jax.store import GradientStore, GradientStoreWriter
@@ -78,7 +80,8 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
       param_paths: optional parameter paths (``param_grads.group_paths``): their
         per-example gradients, from the same forward/backward, are stored as the
         extra field ``param_grads [P]`` (float32, ``param_grads`` layout) and the
-        paths are recorded in the manifest's ``model_info["param_paths"]``. Disk
+        paths and their sizes are recorded in the manifest's ``model_info["param_paths"]``
+        and ``["param_sizes"]`` (methods read the columns they need). Disk
         grows by ``4·P`` bytes per example and checkpoint.
       micro_batch: rows per device per step (the chunk bounding per-example
         gradient memory); None = automatic (see ``embedding_grads``).
@@ -89,7 +92,9 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
     info = dict(model_info, topk_by=topk_by)
     if param_paths is not None:
         param_paths = [tuple(p) for p in param_paths]
+        flat = traverse_util.flatten_dict(restore_params(int(checkpoints[0][0])))
         info["param_paths"] = ["/".join(p) for p in param_paths]
+        info["param_sizes"] = [int(np.size(flat[p])) for p in param_paths]  # column ranges of param_grads
 
     def open_writer():
         return GradientStoreWriter(out_dir, num_examples=len(encoded), shard_size=shard_size, k=k,
@@ -159,8 +164,12 @@ def parse_steps(text: str | None, available: Sequence[int]) -> list[int]:
     available = sorted(int(s) for s in available)
     if text in (None, "", "all"):
         return available
-    steps = [int(s) for s in str(text).split(",") if s.strip()]
+    try:
+        steps = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"checkpoints {text!r} is not a comma-separated list of steps",
+                         f"e.g. --checkpoints {','.join(map(str, available[:2]))}") from None
     missing = [s for s in steps if s not in available]
     if missing:
-        raise ValueError(f"checkpoints {missing} not found; available steps: {available}")
+        raise UsageError(f"checkpoints {missing} not found", f"available steps: {available}")
     return steps

@@ -4,13 +4,12 @@ Nothing here imports models or data: inputs are arrays of token ids and gradient
 """
 from tracin_jax.kernels.pair_scores import (
     default_backend,
+    gram,
     pair_scores,
     pair_scores_dense,
-    pair_scores_dense_jit,
     pair_scores_sparse,
     pair_token_contributions,
     pair_token_contributions_jit,
-    weighted_sum_over_checkpoints,
 )
 from tracin_jax.kernels.token_vectors import (
     PAD_ID,
@@ -24,27 +23,23 @@ from tracin_jax.kernels.topk import (
     init_topk,
     merge_topk,
     running_topk_update,
-    running_topk_update_host,
-    topk_from_scores,
 )
 
 __all__ = [
     "PAD_ID",
     "TOPK_BY",
     "default_backend",
+    "gram",
     "init_topk",
     "pair_scores",
     "merge_topk",
     "pair_scores_dense",
-    "pair_scores_dense_jit",
     "pair_scores_sparse",
     "pair_token_contributions",
     "pair_token_contributions_jit",
     "position_norms",
     "running_topk_update",
-    "running_topk_update_host",
     "token_vectors",
     "token_vectors_batch",
-    "topk_from_scores",
     "validate_token_ids",
 ]

@@ -6,7 +6,7 @@ most once per example, as ``token_vectors`` returns them) the per-checkpoint sco
     score(a, b) = Σ_{w ∈ a ∩ b} ⟨G_w(a), G_w(b)⟩,
 
 computed here as the plain dot product: "score > 0 = proponent" holds once the
-caller multiplies by the learning rate η_c > 0 (``weighted_sum_over_checkpoints``).
+caller multiplies by the learning rate η_c > 0 (``methods.retrieval`` sums over checkpoints).
 All scores are accumulated in float32. Two interchangeable implementations:
 
 - ``pair_scores_dense``: one masked block GEMM on the accelerator (jit-able).
@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PAD_ID = -1
+from tracin_jax.kernels.token_vectors import PAD_ID
+
 # Default memory bound of one dense block: [M*T, block*S] float32 dot products.
 DEFAULT_MAX_BLOCK_ELEMENTS = 2**26  # 256 MiB
 # Scores are sums of many products: do not let the GPU drop to TF32/bf16 passes.
@@ -53,8 +54,11 @@ def _check_pair(a_ids, a_vecs, b_ids, b_vecs):
             f"vector dims differ: a has D={jnp.shape(a_vecs)[-1]}, b has D={jnp.shape(b_vecs)[-1]}")
 
 
-def _dot_t(x, y):
-    """x [P, D] · y [Q, D]ᵀ -> [P, Q] float32 at full precision."""
+def gram(x, y):
+    """x [P, D] · y [Q, D]ᵀ -> [P, Q] float32 at full precision (bf16/f16 inputs upcast)."""
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    if x.dtype != y.dtype or jnp.dtype(x.dtype).itemsize < 4:
+        x, y = x.astype(jnp.float32), y.astype(jnp.float32)
     return jax.lax.dot_general(
         x, y, (((1,), (1,)), ((), ())),
         precision=_PRECISION, preferred_element_type=jnp.float32)
@@ -108,7 +112,7 @@ def pair_scores_dense(
 
     def one_block(args):
         ids, vecs = args  # [block*S], [block*S, D]
-        dots = _dot_t(a_flat, vecs)  # [M*T, block*S]
+        dots = gram(a_flat, vecs)  # [M*T, block*S]
         shared = (a_id_flat[:, None] == ids[None, :]) & a_valid[:, None]
         return jnp.where(shared, dots, 0.0).reshape(m, t, block, s).sum(axis=(1, 3))
 
@@ -239,7 +243,7 @@ def pair_scores(a_ids, a_vecs, b_ids, b_vecs, backend: str = "auto"):
     """All-pairs TracIn-WE scores with the faster implementation for the device.
 
     ``backend``: ``"auto"`` (``default_backend()``), ``"sparse"``
-    (``pair_scores_sparse``, returns numpy) or ``"dense"`` (``pair_scores_dense_jit``,
+    (``pair_scores_sparse``, returns numpy) or ``"dense"`` (``pair_scores_dense`` jitted,
     returns a jax array, left on the device). Both give the same [M, N] float32 scores.
     """
     if backend == "auto":
@@ -247,7 +251,7 @@ def pair_scores(a_ids, a_vecs, b_ids, b_vecs, backend: str = "auto"):
     if backend == "sparse":
         return pair_scores_sparse(a_ids, a_vecs, b_ids, b_vecs)
     if backend == "dense":
-        return pair_scores_dense_jit(a_ids, a_vecs, b_ids, b_vecs)
+        return _pair_scores_dense_jit(a_ids, a_vecs, b_ids, b_vecs)
     raise ValueError(f"backend must be 'auto', 'sparse' or 'dense', got {backend!r}")
 
 
@@ -271,7 +275,7 @@ def pair_token_contributions(
     a_ids = jnp.asarray(a_ids).astype(jnp.int32)
     b_ids = jnp.asarray(b_ids).astype(jnp.int32)
     dtype = jnp.promote_types(a_vecs.dtype, b_vecs.dtype)
-    dots = _dot_t(jnp.asarray(a_vecs, dtype), jnp.asarray(b_vecs, dtype))  # [T, S]
+    dots = gram(jnp.asarray(a_vecs, dtype), jnp.asarray(b_vecs, dtype))  # [T, S]
     shared = (a_ids[:, None] == b_ids[None, :]) & (a_ids[:, None] != PAD_ID)
     contributions = jnp.where(shared, dots, 0.0).sum(axis=1)
     has_shared = shared.any(axis=1)
@@ -281,16 +285,5 @@ def pair_token_contributions(
             jnp.where(used, contributions[order], 0.0))
 
 
-def weighted_sum_over_checkpoints(scores, learning_rates) -> jax.Array:
-    """``Σ_c η_c · scores[c]``: scores [C, ...], learning_rates [C] -> [...] float32."""
-    scores = jnp.asarray(scores, jnp.float32)
-    learning_rates = jnp.asarray(learning_rates, jnp.float32)
-    if learning_rates.ndim != 1 or scores.ndim < 1 or scores.shape[0] != learning_rates.shape[0]:
-        raise ValueError(
-            f"expected scores [C, ...] and learning_rates [C], got {scores.shape} "
-            f"and {learning_rates.shape}")
-    return jnp.tensordot(learning_rates, scores, axes=1, precision=_PRECISION)
-
-
-pair_scores_dense_jit = jax.jit(pair_scores_dense, static_argnames=("block_size",))
+_pair_scores_dense_jit = jax.jit(pair_scores_dense, static_argnames=("block_size",))
 pair_token_contributions_jit = jax.jit(pair_token_contributions)

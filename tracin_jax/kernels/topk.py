@@ -4,24 +4,23 @@ Rankings are total orders so that streaming, sharding and a full sort agree
 exactly: by score (descending for proponents, ``largest=True``; ascending for
 opponents), ties broken by the smaller id. Unused slots hold id -1 and score
 -inf (largest) or +inf (smallest) and always rank after real entries. Entries
-whose id is -1 (e.g. the padded rows of a ragged last batch) are ignored.
-Each id must be streamed at most once per row.
+whose id is -1 (e.g. the padded rows of a ragged last batch) are ignored, and a NaN
+score ranks after the empty slots, so it is never kept (retrieval refuses non-finite
+scores before they get here). Each id must be streamed at most once per row.
 
-Two implementations of the running update share that order exactly:
-``running_topk_update`` (jax: jit-able, runs where the scores live, e.g. inside a
-device program) and ``running_topk_update_host`` (numpy: a partition then a sort
-of the few survivors; for scores already on the host, where XLA's comparator sort
-of every candidate is ~20x slower on CPU — tools/bench_kernel.py).
+The running update is numpy on the host (scores are pulled from the devices once per
+block): a filter against each row's current worst kept entry, then a sort of the few
+survivors (XLA's comparator sort of every candidate was ~20x slower on CPU;
+tools/bench_kernel.py). ``merge_topk`` combines per-shard results with the same update.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-PAD_ID = -1
+from tracin_jax.kernels.token_vectors import PAD_ID
+
 _INT32_MAX = np.iinfo(np.int32).max
 
 
@@ -29,75 +28,24 @@ def _fill_value(largest: bool) -> float:
     return -np.inf if largest else np.inf
 
 
-def _as_ids(ids) -> jax.Array:
-    if isinstance(ids, np.ndarray) and ids.size and (ids.max() > _INT32_MAX or ids.min() < PAD_ID):
-        raise ValueError(
-            f"ids must lie in [{PAD_ID}, {_INT32_MAX}] to be stored as int32, got range "
-            f"[{ids.min()}, {ids.max()}]")
-    return jnp.asarray(ids).astype(jnp.int32)
-
-
-def _select(scores: jax.Array, ids: jax.Array, k: int, largest: bool):
-    """Top k of each row of scores/ids [M, P] under the module's total order."""
-    invalid = ids == PAD_ID
-    scores = jnp.where(invalid, _fill_value(largest), scores.astype(jnp.float32))
-    key = -scores if largest else scores
-    _, _, ids, scores = jax.lax.sort(
-        (key, invalid.astype(jnp.int32), ids, scores), dimension=-1, num_keys=3)
-    pad = k - scores.shape[-1]
-    if pad > 0:  # fewer candidates than K
-        scores = jnp.pad(scores, ((0, 0), (0, pad)), constant_values=_fill_value(largest))
-        ids = jnp.pad(ids, ((0, 0), (0, pad)), constant_values=PAD_ID)
-    return scores[:, :k], ids[:, :k]
-
-
-def init_topk(num_rows: int, k: int, largest: bool = True) -> tuple[jax.Array, jax.Array]:
+def init_topk(num_rows: int, k: int, largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Empty running top-K: scores [M, K] float32 (∓inf), ids [M, K] int32 (-1)."""
     if isinstance(k, bool) or int(k) < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    return (jnp.full((num_rows, k), _fill_value(largest), jnp.float32),
-            jnp.full((num_rows, k), PAD_ID, jnp.int32))
+    return (np.full((num_rows, k), _fill_value(largest), np.float32),
+            np.full((num_rows, k), PAD_ID, np.int32))
 
 
-def running_topk_update(
-    best_scores: jax.Array,
-    best_ids: jax.Array,
-    new_scores: jax.Array,
-    new_ids: jax.Array,
-    largest: bool = True,
-) -> tuple[jax.Array, jax.Array]:
+def running_topk_update(best_scores, best_ids, new_scores, new_ids,
+                        largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Merges a new block of scores into the running top-K of every row.
 
     Args:
-      best_scores: [M, K] float32, best_ids: [M, K] int32 (from ``init_topk`` or
-        a previous update).
+      best_scores: [M, K] float32, best_ids: [M, K] int (from ``init_topk`` or a previous
+        update).
       new_scores: [M, N] scores of the M queries against N candidates.
       new_ids: [N] (or [M, N]) candidate ids; -1 marks a slot to ignore.
-      largest: True keeps the largest scores (proponents), False the smallest
-        (opponents).
-    Returns: (scores [M, K] float32, ids [M, K] int32), best first.
-    """
-    best_scores, new_scores = jnp.asarray(best_scores), jnp.asarray(new_scores)
-    if best_scores.ndim != 2 or jnp.shape(best_ids) != best_scores.shape:
-        raise ValueError(
-            f"best_scores/best_ids must both be [M, K], got {best_scores.shape} and "
-            f"{jnp.shape(best_ids)}")
-    num_rows, k = best_scores.shape
-    if new_scores.ndim != 2 or new_scores.shape[0] != num_rows:
-        raise ValueError(f"new_scores must be [{num_rows}, N], got {new_scores.shape}")
-    new_ids = _as_ids(new_ids)
-    if new_ids.shape not in ((new_scores.shape[1],), new_scores.shape):
-        raise ValueError(
-            f"new_ids must be [N] or [M, N] matching new_scores {new_scores.shape}, got {new_ids.shape}")
-    new_ids = jnp.broadcast_to(new_ids, new_scores.shape)
-    scores = jnp.concatenate([best_scores.astype(jnp.float32), new_scores.astype(jnp.float32)], -1)
-    ids = jnp.concatenate([_as_ids(best_ids), new_ids], axis=-1)
-    return _select(scores, ids, k, largest)
-
-
-def running_topk_update_host(best_scores, best_ids, new_scores, new_ids,
-                             largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``running_topk_update`` on the host: same arguments, same order, same result.
+      largest: True keeps the largest scores (proponents), False the smallest (opponents).
 
     Only new entries that beat or tie a row's current worst kept entry can enter,
     so they are filtered with one comparison first; the K kept entries and the
@@ -150,18 +98,12 @@ def running_topk_update_host(best_scores, best_ids, new_scores, new_ids,
             np.take_along_axis(cand_ids, order, axis=1))
 
 
-def topk_from_scores(scores: jax.Array, ids: jax.Array, k: int, largest: bool = True):
-    """Top-K of a full score matrix: scores [M, N], ids [N] -> ([M, K], [M, K])."""
-    best = init_topk(jnp.shape(scores)[0], k, largest)
-    return running_topk_update(*best, scores, ids, largest)
-
-
 def merge_topk(
-    scores: Sequence[jax.Array] | jax.Array,
-    ids: Sequence[jax.Array] | jax.Array,
+    scores: Sequence[np.ndarray] | np.ndarray,
+    ids: Sequence[np.ndarray] | np.ndarray,
     k: int | None = None,
     largest: bool = True,
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Exactly combines per-shard top-K results over disjoint candidate sets.
 
     Because every shard ranks with the same total order, the global top-K is the
@@ -174,17 +116,17 @@ def merge_topk(
       largest: as in ``running_topk_update`` (must match how shards were built).
     Returns: (scores [M, k] float32, ids [M, k] int32).
     """
-    if isinstance(scores, (jax.Array, np.ndarray)):
+    if hasattr(scores, "shape"):  # stacked [P, M, K]
         scores, ids = list(scores), list(ids)
     if len(scores) == 0 or len(scores) != len(ids):
         raise ValueError(f"need ≥ 1 shard and as many id arrays as score arrays, got "
                          f"{len(scores)} and {len(ids)}")
-    shapes = [(jnp.shape(s), jnp.shape(i)) for s, i in zip(scores, ids)]
+    shapes = [(np.shape(s), np.shape(i)) for s, i in zip(scores, ids)]
     if any(s != i or len(s) != 2 or s[0] != shapes[0][0][0] for s, i in shapes):
         raise ValueError(f"every shard must hold scores and ids [M, K_p] with one M, got {shapes}")
     k = shapes[0][0][1] if k is None else k
     if isinstance(k, bool) or int(k) < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
-    all_scores = jnp.concatenate([jnp.asarray(s, jnp.float32) for s in scores], axis=-1)
-    all_ids = jnp.concatenate([_as_ids(i) for i in ids], axis=-1)
-    return _select(all_scores, all_ids, int(k), largest)
+    all_scores = np.concatenate([np.asarray(s, np.float32) for s in scores], axis=-1)
+    all_ids = np.concatenate([np.asarray(i) for i in ids], axis=-1)
+    return running_topk_update(*init_topk(shapes[0][0][0], int(k), largest), all_scores, all_ids, largest)

@@ -4,7 +4,7 @@ Every method returns scores with **score > 0 = proponent**; each module document
 its formula and how it maps to that convention.
 
     method = get_method("tracin_we_topk", k=10)
-    result = top_k(method, test_store, train_store, k=100, context=RunContext.from_run(run))
+    result = top_k(method, test_store, train_store, k=100, context=run_context(run))  # tracin_jax.stages.gradients
 
 Names: tracin_we, tracin_we_topk, tracin_we_noc, tracin_common, tracin_we_syn,
 tracin_last, tracin_layer[GROUP,...], tracin_all, influence_last, representer,
@@ -19,13 +19,13 @@ from tracin_jax.methods.tracin_last import InfluenceLast, Representer, TracInLas
 from tracin_jax.methods.tracin_layer import TracInLayer
 from tracin_jax.methods.tracin_syn import TracInWESyn
 from tracin_jax.methods.tracin_we import TracInCommon, TracInWE, TracInWENoC, TracInWETopK
-from tracin_jax.methods.retrieval import (Ranking, Retrieval, ScoreMatrix, merge, precision_at_k,
+from tracin_jax.methods.retrieval import (Ranking, Rankings, ScoreMatrix, merge, precision_at_k,
                                           score_matrix, self_influence, top_k, top_k_opponents,
                                           top_k_proponents)
 
 __all__ = [
     "ArrayMethod", "Block", "CheckpointWeight", "InfluenceLast", "METHODS", "Method",
-    "MethodError", "Ranking", "Representer", "Retrieval", "RunContext", "ScoreMatrix",
+    "MethodError", "Ranking", "Representer", "Rankings", "RunContext", "ScoreMatrix",
     "SplitData", "TracInCommon", "TracInLast", "TracInLayer", "TracInTFIDF", "TracInWE",
     "TracInWENoC", "TracInWESyn", "TracInWETopK", "get_method", "lowest_tfidf_candidates",
     "merge", "method_names", "precision_at_k", "score_matrix", "self_influence",

@@ -14,22 +14,27 @@ dataset position), which identifies the example in the run's data.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from tracin_jax import mesh as mesh_lib
+from tracin_jax.errors import TracinError
 from tracin_jax.store import GradientStore
+
+if TYPE_CHECKING:  # context.py imports this module
+    from tracin_jax.methods.context import RunContext
 
 Block = dict[str, np.ndarray]
 # Read for every method: ids name the examples, labels feed the report.
 ALWAYS_FIELDS = ("example_id", "label")
 
 
-class MethodError(ValueError):
+class MethodError(TracinError, ValueError):
     """A method cannot run on the given stores or context (wrong k, missing run...)."""
 
 
@@ -59,9 +64,15 @@ def store_k(store: GradientStore) -> int | None:
 class Method:
     """Base class: an influence method over gradient stores.
 
+    A ``Method`` made by ``get_method`` holds only its options. ``prepare(test_store,
+    train_store, context)`` returns a *bound* copy that also holds what it needs from the
+    stores and the run (common-token lists, Hessians, TF-IDF matrices, the run context),
+    set once when the copy is made; neither object changes afterwards. Scoring uses the
+    bound copy; preparing a bound copy again for the same stores returns it unchanged.
+
     Subclasses set ``name``, ``fields`` (store fields to read) and implement
-    ``score_block``; they may override ``prepare`` (validation, precomputation),
-    ``checkpoint_weights``, ``self_scores`` and, for word-level methods,
+    ``score_block``; they may override ``_bind`` (validation, precomputation on the new
+    copy), ``checkpoint_weights``, ``self_scores`` and, for word-level methods,
     ``token_contributions``.
     """
 
@@ -70,10 +81,28 @@ class Method:
     decomposable: bool = False  # supports word-level decomposition
     final_checkpoint_only: bool = False  # influence functions, representer points
 
+    _binding: tuple | None = None  # (test store, train store, context) of a bound copy
+
     def prepare(self, test_store: GradientStore, train_store: GradientStore,
-                context: Any | None = None) -> None:
-        """Checks that the method can run on these stores; precomputes what it needs."""
+                context: RunContext | None = None) -> Method:
+        """A copy of this method bound to the two stores and the run (class docstring)."""
+        key = (str(test_store.directory), str(train_store.directory), id(context))
+        if self._binding == key:
+            return self
+        bound = copy.copy(self)
+        bound._bind(test_store, train_store, context)
+        bound._binding = key
+        return bound
+
+    def _bind(self, test_store: GradientStore, train_store: GradientStore,
+              context: RunContext | None) -> None:
+        """Checks that the method can run on these stores; precomputes what it needs (on the
+        fresh copy made by ``prepare``)."""
         shared_checkpoints(test_store, train_store)
+
+    @property
+    def bound(self) -> bool:
+        return self._binding is not None
 
     def checkpoint_weights(self, test_store: GradientStore,
                            train_store: GradientStore) -> list[CheckpointWeight]:

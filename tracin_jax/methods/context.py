@@ -10,7 +10,6 @@ checked against its dataset ``fingerprint``).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -47,7 +46,8 @@ class RunContext:
       tokenizer: has ``convert_ids_to_tokens`` and ``special_ids``.
       splits: split name -> ``SplitData``, in store order.
       split_loader: optional ``name -> SplitData`` for splits not given up front.
-      setup: the run's ``RunSetup`` when built by ``from_run`` (config, extras).
+      setup: the run's ``RunSetup`` when built from a run directory (config, extras;
+        ``stages.gradients.run_context``).
     """
 
     def __init__(self, model, restore_params: Callable[[int], Any], tokenizer,
@@ -61,22 +61,6 @@ class RunContext:
         self._split_loader = split_loader
         self._verified: set[tuple[str, str]] = set()
         self._params_cache: dict[int, Any] = {}
-
-    @classmethod
-    def from_run(cls, run_dir: str | Path, setup=None) -> RunContext:
-        """Context of a ``tracin-jax train`` run directory (splits train / eval / test)."""
-        from tracin_jax.pipeline import split_examples
-        from tracin_jax.train import CheckpointStore, load_run
-
-        setup = setup or load_run(run_dir)
-        checkpoints = CheckpointStore(Path(run_dir) / "checkpoints")
-
-        def load_split(name: str) -> SplitData:
-            ex = split_examples(setup, name)
-            return SplitData(ex.texts, ex.encoded)
-
-        return cls(setup.model, checkpoints.restore_params, setup.tokenizer,
-                   split_loader=load_split, setup=setup)
 
     @property
     def special_ids(self) -> tuple[int, ...]:

@@ -6,7 +6,7 @@ For the TracIn-WE family the score of (x', x) is a sum over shared tokens w of
 
 (restricted to the tokens the variant keeps), so the pair score equals the sum of
 its token contributions exactly. ``explain_pair`` decomposes one pair;
-``explain_retrieval`` decomposes every proponent and opponent of a ``Retrieval``
+``explain_retrieval`` decomposes every proponent and opponent of a ``Rankings``
 for the JSONL/HTML outputs, reading only the shards that hold them.
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numpy as np
 
 from tracin_jax.methods.base import Block, Method, MethodError
 from tracin_jax.methods.registry import get_method
-from tracin_jax.methods.retrieval import KINDS, Retrieval
+from tracin_jax.methods.retrieval import check_finite_scores
+from tracin_jax.rankings import KINDS, Rankings
 from tracin_jax.store import GradientStore
 
 
@@ -147,15 +148,16 @@ def explain_pair(method: str | Method, test_store: GradientStore, test_id: int,
                  train_store: GradientStore, train_id: int, *, context=None,
                  options: dict | None = None) -> PairExplanation:
     """Score of one (test, train) pair and the contribution of each shared token."""
-    method = get_method(method, **(options or {}))
-    method.prepare(test_store, train_store, context)
+    method = get_method(method, **(options or {})).prepare(test_store, train_store, context)
     weights = method.checkpoint_weights(test_store, train_store)
     steps = [w.step for w in weights]
     test = gather_records(test_store, positions_of(test_store, [test_id]), method.read_fields(), steps)
     train = gather_records(train_store, positions_of(train_store, [train_id]), method.read_fields(), steps)
     score = np.float32(0.0)
     for w in weights:
-        score += np.float32(w.weight) * np.float32(method.score_block(test[w.step], train[w.step], w.step)[0, 0])
+        block = np.asarray(method.score_block(test[w.step], train[w.step], w.step), np.float32)
+        check_finite_scores(method.name, block, [test_id], [train_id], w.step)
+        score += np.float32(w.weight) * block[0, 0]
     return _explanation(method, context, test, train, weights, test_id, train_id, score)
 
 
@@ -182,7 +184,7 @@ class ExplainedTestPoint:
     neighbors: dict[str, list[Neighbor]]  # kind -> ranked list
 
 
-def explain_retrieval(method: str | Method, retrieval: Retrieval, test_store: GradientStore,
+def explain_retrieval(method: str | Method, retrieval: Rankings, test_store: GradientStore,
                       train_store: GradientStore, *, context=None, options: dict | None = None,
                       top: int | None = None) -> list[ExplainedTestPoint]:
     """Word-level explanations of the first ``top`` (default all) proponents and opponents.
@@ -192,7 +194,7 @@ def explain_retrieval(method: str | Method, retrieval: Retrieval, test_store: Gr
     method = get_method(method, **(options or {}))
     if method.name != retrieval.method:
         raise MethodError(f"retrieval was computed with {retrieval.method!r}, not {method.name!r}")
-    method.prepare(test_store, train_store, context)
+    method = method.prepare(test_store, train_store, context)
     weights = method.checkpoint_weights(test_store, train_store)
     steps = [w.step for w in weights]
     top = retrieval.k if top is None else min(int(top), retrieval.k)

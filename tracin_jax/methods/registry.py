@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from tracin_jax.methods.base import Method
+from tracin_jax.methods.base import Method, MethodError
 from tracin_jax.methods.tfidf import TracInTFIDF
 from tracin_jax.methods.tracin_last import InfluenceLast, Representer, TracInLast
 from tracin_jax.methods.tracin_layer import TracInLayer
@@ -40,24 +40,24 @@ def get_method(name: str | Method, **options) -> Method:
     """
     if isinstance(name, Method):
         if options:
-            raise ValueError(f"options {sorted(options)} given with a method instance {name.name!r}")
+            raise MethodError(f"options {sorted(options)} given with a method instance {name.name!r}")
         return name
     name = str(name).strip()
     if name.endswith(BIAS_SUFFIX):  # tracin_all+bias, tracin_layer[...]+bias (paper sec. 3.2)
         base = name[:-len(BIAS_SUFFIX)]
         if base != "tracin_all" and not _LAYER.match(base):
-            raise ValueError(f"{BIAS_SUFFIX!r} applies to tracin_all and tracin_layer[...] only, "
+            raise MethodError(f"{BIAS_SUFFIX!r} applies to tracin_all and tracin_layer[...] only, "
                              f"got {name!r}")
         if "include_bias" in options:
-            raise ValueError(f"{name!r} already includes the bias; do not also pass include_bias")
+            raise MethodError(f"{name!r} already includes the bias; do not also pass include_bias")
         return get_method(base, include_bias=True, **options)
     match = _LAYER.match(name)
     if match:
         groups = [g.strip().strip("'\"") for g in match.group(1).split(",") if g.strip()]
         return TracInLayer(groups=groups, **options)
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {method_names()}")
+        raise MethodError(f"unknown method {name!r}; available: {method_names()}")
     try:
         return METHODS[name](**options)
     except TypeError as e:
-        raise ValueError(f"bad options {options} for method {name!r}: {e}") from e
+        raise MethodError(f"bad options {options} for method {name!r}: {e}") from e

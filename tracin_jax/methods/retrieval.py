@@ -4,7 +4,7 @@ of training examples, streamed from a gradient store.
 ``top_k`` reads the training store one shard at a time (per checkpoint), scores
 the shard against every test point (``Σ_c w_c · method.score_block``, the block
 split over the local devices), and folds it into a running top-k of the largest
-(proponents) and smallest (opponents) scores (``running_topk_update_host``).
+(proponents) and smallest (opponents) scores (``running_topk_update``).
 The next shard is read, sha256-checked and decoded in a background thread while
 the current one is scored. Memory: the test store, two training shards (the one
 being scored and the one being read), 8 bytes per training example (position →
@@ -19,65 +19,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from tracin_jax.kernels import init_topk, merge_topk, running_topk_update_host
+from tracin_jax.errors import NonFiniteError
+from tracin_jax.kernels import init_topk, merge_topk, running_topk_update
 from tracin_jax.methods.registry import get_method
 from tracin_jax.methods.base import Block, Method
+from tracin_jax.rankings import KINDS, Ranking, Rankings
 from tracin_jax.store import GradientStore
 
 log = logging.getLogger(__name__)
-
-KINDS = ("proponents", "opponents")
-
-
-@dataclasses.dataclass(frozen=True)
-class Ranking:
-    """Top-k of one kind for M test points; empty slots hold -1 and ∓inf."""
-
-    positions: np.ndarray  # [M, K] int64, rows of the training store
-    ids: np.ndarray  # [M, K] int64, training example ids
-    scores: np.ndarray  # [M, K] float32
-
-
-@dataclasses.dataclass(frozen=True)
-class Retrieval:
-    """Proponents (largest scores) and opponents (smallest) of every test point."""
-
-    method: str
-    k: int
-    test_ids: np.ndarray  # [M] int64, in test-store order
-    test_labels: np.ndarray  # [M] int32
-    proponents: Ranking
-    opponents: Ranking
-
-    def ranking(self, kind: str) -> Ranking:
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        return getattr(self, kind)
-
-    def save(self, path: str | Path) -> None:
-        """Exact round trip through an ``.npz`` (no pickle)."""
-        arrays = {"method": np.asarray(self.method), "k": np.asarray(self.k),
-                  "test_ids": self.test_ids, "test_labels": self.test_labels}
-        for kind in KINDS:
-            r = self.ranking(kind)
-            arrays.update({f"{kind}_positions": r.positions, f"{kind}_ids": r.ids,
-                           f"{kind}_scores": r.scores})
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Retrieval:
-        with np.load(path, allow_pickle=False) as z:
-            rankings = {kind: Ranking(z[f"{kind}_positions"], z[f"{kind}_ids"], z[f"{kind}_scores"])
-                        for kind in KINDS}
-            return cls(method=str(z["method"]), k=int(z["k"]), test_ids=z["test_ids"],
-                       test_labels=z["test_labels"], **rankings)
 
 
 def _largest(kind: str) -> bool:
@@ -130,13 +84,25 @@ def _weighted_scores(method: Method, test_blocks: Mapping[int, Block], train_sto
         expected = (len(next(iter(test_blocks.values()))["position"]), len(block["position"]))
         if scores.shape != expected:
             raise RuntimeError(f"{method.name}.score_block returned {scores.shape}, expected {expected}")
+        check_finite_scores(method.name, scores, test_blocks[w.step]["example_id"], block["example_id"], w.step)
         total = np.float32(w.weight) * scores if total is None else total + np.float32(w.weight) * scores
     return block, total
 
 
+def check_finite_scores(method: str, scores: np.ndarray, test_ids, train_ids, step: int) -> None:
+    """Non-finite scores are never ranked: ``NonFiniteError`` naming the pairs and checkpoint."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        rows, cols = np.nonzero(bad)
+        pairs = ", ".join(f"({int(test_ids[r])}, {int(train_ids[c])})" for r, c in zip(rows[:5], cols[:5]))
+        raise NonFiniteError(
+            f"{method}: {int(bad.sum())} non-finite scores at checkpoint {step}, e.g. (test id, train id) {pairs}",
+            "the gradient stores hold non-finite values or the method overflowed; re-extract the stores "
+            "from finite checkpoints")
+
+
 def _prepare(method, test_store, train_store, context, options):
-    method = get_method(method, **(options or {}))
-    method.prepare(test_store, train_store, context)
+    method = get_method(method, **(options or {})).prepare(test_store, train_store, context)
     weights = method.checkpoint_weights(test_store, train_store)
     test_blocks = {w.step: _read_block(test_store, w.step, method.read_fields()) for w in weights}
     return method, weights, test_blocks
@@ -185,7 +151,7 @@ def _shards_of_part(num_shards: int, part: tuple[int, int] | None) -> list[int]:
 def top_k(method: str | Method, test_store: GradientStore, train_store: GradientStore, k: int, *,
           context=None, mesh: Mesh | None = None, candidates: Sequence[int] | None = None,
           per_test_candidates=None, part: tuple[int, int] | None = None,
-          options: dict | None = None, gather: bool = True, progress: bool = False) -> Retrieval:
+          options: dict | None = None, gather: bool = True, progress: bool = False) -> Rankings:
     """Top-``k`` proponents and opponents of every test point, streamed shard by shard.
 
     Args:
@@ -199,7 +165,7 @@ def top_k(method: str | Method, test_store: GradientStore, train_store: Gradient
       part: ``(i, n)`` scores only training shards ``s % n == i`` (merge the parts
         with ``merge``). Default ``(process_index, process_count)``; with several
         processes and ``gather``, every process returns the merged result.
-    Returns: ``Retrieval`` with ``[M, k]`` rankings (fewer candidates than k leave
+    Returns: ``Rankings`` with ``[M, k]`` rankings (fewer candidates than k leave
       trailing -1 / ∓inf slots).
     """
     if isinstance(k, bool) or int(k) < 1:
@@ -227,13 +193,13 @@ def top_k(method: str | Method, test_store: GradientStore, train_store: Gradient
         position_ids[block["position"]] = block["example_id"]
         ids = _candidate_positions(restriction, block["example_id"], block["position"], num_test)
         for kind in KINDS:
-            best[kind] = running_topk_update_host(*best[kind], scores, ids, _largest(kind))
+            best[kind] = running_topk_update(*best[kind], scores, ids, _largest(kind))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     rankings = {kind: _ranking(best[kind], position_ids) for kind in KINDS}
-    result = Retrieval(method=method.name, k=k, test_ids=test_ids,
+    result = Rankings(method=method.name, k=k, test_ids=test_ids,
                        test_labels=first["label"].astype(np.int32), **rankings)
     if part is None and gather and jax.process_count() > 1:
         result = _allgather_merge(result)
@@ -254,7 +220,7 @@ def _ranking(best, example_ids: Mapping[int, int] | np.ndarray) -> Ranking:
     return Ranking(positions=positions, ids=ids, scores=scores.astype(np.float32))
 
 
-def merge(parts: Sequence[Retrieval]) -> Retrieval:
+def merge(parts: Sequence[Rankings]) -> Rankings:
     """Exact merge of ``top_k`` results over disjoint training shards (``part=(i, n)``)."""
     if not parts:
         raise ValueError("nothing to merge")
@@ -273,7 +239,7 @@ def merge(parts: Sequence[Retrieval]) -> Retrieval:
     return dataclasses.replace(head, **rankings)
 
 
-def _allgather_merge(result: Retrieval) -> Retrieval:
+def _allgather_merge(result: Rankings) -> Rankings:
     """Every process's partial top-k gathered and merged (multi-host, one shard set each)."""
     from jax.experimental import multihost_utils
 
@@ -320,15 +286,16 @@ def self_influence(method: str | Method, store: GradientStore, *, context=None,
                    mesh: Mesh | None = None, options: dict | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
     """``score(x, x)`` for every example of ``store``: ``(ids [N] int64, scores [N] float32)``."""
-    method = get_method(method, **(options or {}))
-    method.prepare(store, store, context)
+    method = get_method(method, **(options or {})).prepare(store, store, context)
     weights = method.checkpoint_weights(store, store)
     ids, scores = [], []
     for shard in range(store.num_shards):
         total = None
         for w in weights:
             block = _read_block(store, w.step, method.read_fields(), shard)
-            s = np.float32(w.weight) * np.asarray(method.self_scores(block, w.step, mesh), np.float32)
+            s = np.asarray(method.self_scores(block, w.step, mesh), np.float32)
+            check_finite_scores(method.name, s[None], [-1], block["example_id"], w.step)
+            s = np.float32(w.weight) * s
             total = s if total is None else total + s
         ids.append(block["example_id"].astype(np.int64))
         scores.append(total)
@@ -354,7 +321,7 @@ def topk_of_matrix(matrix: ScoreMatrix, k: int, largest: bool = True,
     return positions, scores
 
 
-def precision_at_k(retrieval: Retrieval, relevant: Mapping[int, Sequence[int]], k: int = 10,
+def precision_at_k(retrieval: Rankings, relevant: Mapping[int, Sequence[int]], k: int = 10,
                    kind: str = "proponents") -> dict[int, float]:
     """Share of each test point's top-``k`` (of ``kind``) that is in ``relevant[test_id]``.
 

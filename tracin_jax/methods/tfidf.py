@@ -34,7 +34,7 @@ class TracInTFIDF(Method):
         self.vectorizer: TfidfVectorizer | None = None
         self._test_matrix = self._train_matrix = None
 
-    def prepare(self, test_store, train_store, context=None):
+    def _bind(self, test_store, train_store, context):
         shared_checkpoints(test_store, train_store)
         context = require_context(context, self.name, "the texts of both stores")
         train_texts = context.split_for(train_store).joined_texts()

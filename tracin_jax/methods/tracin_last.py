@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
+from tracin_jax.kernels import gram
 from tracin_jax.methods.base import ArrayMethod, MethodError
 
 log = logging.getLogger(__name__)
@@ -25,13 +26,6 @@ DEFAULT_DAMPING = 1e-2
 # Representer points: the L2 strength λ of the last layer (Yeh et al. 2018, eq. 1).
 # It only scales every score by the same positive factor; rankings do not depend on it.
 DEFAULT_REPRESENTER_L2 = 1e-3
-
-
-def _gram(x, y):
-    """x [M, K] · y [N, K]ᵀ -> [M, N] float32 at full precision."""
-    return jax.lax.dot_general(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
-                               (((1,), (1,)), ((), ())), precision=_PRECISION,
-                               preferred_element_type=jnp.float32)
 
 
 class TracInLast(ArrayMethod):
@@ -51,7 +45,7 @@ class TracInLast(ArrayMethod):
                 "p_minus_y": np.asarray(block["p_minus_y"], np.float32)}
 
     def kernel(self, test, train):
-        return _gram(test["features"], train["features"]) * _gram(test["p_minus_y"], train["p_minus_y"])
+        return gram(test["features"], train["features"]) * gram(test["p_minus_y"], train["p_minus_y"])
 
 
 class Representer(ArrayMethod):
@@ -74,8 +68,8 @@ class Representer(ArrayMethod):
         self.l2 = float(l2)
         self.num_train: int | None = None
 
-    def prepare(self, test_store, train_store, context=None):
-        super().prepare(test_store, train_store, context)
+    def _bind(self, test_store, train_store, context):
+        super()._bind(test_store, train_store, context)
         self.num_train = train_store.num_examples
 
     def inputs(self, block, step, side):
@@ -83,14 +77,14 @@ class Representer(ArrayMethod):
             return {"features": np.asarray(block["features"], np.float32),
                     "label": np.asarray(block["label"], np.int32)}
         if self.num_train is None:
-            raise MethodError("representer: call prepare() first (it reads the training-set size)")
+            raise MethodError("representer: prepare it for the stores first (method.prepare(test_store, train_store)) (it reads the training-set size)")
         alpha = -np.asarray(block["p_minus_y"], np.float64) / (2.0 * self.l2 * self.num_train)
         return {"features": np.asarray(block["features"], np.float32),
                 "alpha": alpha.astype(np.float32)}  # [N, C]: α_{x,j} = −(p−y)_j / (2λn)
 
     def kernel(self, test, train):
         alpha = jnp.take(train["alpha"], test["label"], axis=1).T  # [M, N]: α_{x, j(x')}
-        return alpha * _gram(test["features"], train["features"])
+        return alpha * gram(test["features"], train["features"])
 
     def describe(self):
         return {"name": self.name, "l2": self.l2}
@@ -150,8 +144,8 @@ class InfluenceLast(ArrayMethod):
         self._factor = None
         self._step: int | None = None
 
-    def prepare(self, test_store, train_store, context=None):
-        super().prepare(test_store, train_store, context)
+    def _bind(self, test_store, train_store, context):
+        super()._bind(test_store, train_store, context)
         step = self.checkpoint_weights(test_store, train_store)[0].step
         key = (str(train_store.directory), step)
         if self._step != key:
@@ -174,7 +168,7 @@ class InfluenceLast(ArrayMethod):
         if side == "train":
             return {"features": features, "p_minus_y": p_minus_y}
         if self._factor is None:
-            raise MethodError("influence_last: call prepare() first (it builds the Hessian)")
+            raise MethodError("influence_last: prepare it for the stores first (method.prepare(test_store, train_store)) (it builds the Hessian)")
         g = classifier_gradients(features.astype(np.float64), p_minus_y.astype(np.float64))
         solved = scipy.linalg.cho_solve(self._factor, g.T).T  # [M, H*C]
         return {"solved": solved.reshape(len(g), features.shape[1], -1).astype(np.float32)}

@@ -39,7 +39,7 @@ class TracInWESyn(Method):
         self.context = None
         self._unit_table: tuple[int, np.ndarray] | None = None
 
-    def prepare(self, test_store, train_store, context=None):
+    def _bind(self, test_store, train_store, context):
         shared_checkpoints(test_store, train_store)
         self.context = require_context(context, self.name, "the word-embedding table of each checkpoint")
         ks = {store_k(test_store), store_k(train_store)}

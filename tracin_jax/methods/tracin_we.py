@@ -53,7 +53,7 @@ class TracInWE(ArrayMethod):
                 f"`tracin-jax grads --k 0`), but {store.directory} has k={k}; use "
                 f"tracin_we_topk for top-k stores")
 
-    def prepare(self, test_store, train_store, context=None) -> None:
+    def _bind(self, test_store, train_store, context):
         shared_checkpoints(test_store, train_store)
         for store in (test_store, train_store):
             self._check_k(store)
@@ -135,8 +135,8 @@ class TracInWENoC(TracInWE):
         self.special_ids = None if special_ids is None else [int(t) for t in special_ids]
         self.common_ids: np.ndarray | None = None
 
-    def prepare(self, test_store, train_store, context=None):
-        super().prepare(test_store, train_store, context)
+    def _bind(self, test_store, train_store, context):
+        super()._bind(test_store, train_store, context)
         specials = self.special_ids
         if specials is None and context is not None:
             specials = list(context.special_ids)
@@ -152,7 +152,7 @@ class TracInWENoC(TracInWE):
 
     def _keep(self, token_ids):
         if self.common_ids is None:
-            raise MethodError(f"{self.name}: call prepare() first (it builds the common-token list)")
+            raise MethodError(f"{self.name}: prepare it for the stores first (method.prepare(test_store, train_store)) (it builds the common-token list)")
         return (token_ids != PAD_ID) & ~np.isin(token_ids, self.common_ids)
 
     def describe(self):
@@ -168,8 +168,8 @@ class TracInCommon(TracInWE):
     def __init__(self, special_ids: Sequence[int] | None = None):
         self.special_ids = None if special_ids is None else np.asarray(special_ids, np.int32)
 
-    def prepare(self, test_store, train_store, context=None):
-        super().prepare(test_store, train_store, context)
+    def _bind(self, test_store, train_store, context):
+        super()._bind(test_store, train_store, context)
         if self.special_ids is None:
             if context is None:
                 raise MethodError("tracin_common needs the start/end token ids: pass "
@@ -178,7 +178,7 @@ class TracInCommon(TracInWE):
 
     def _keep(self, token_ids):
         if self.special_ids is None:
-            raise MethodError("tracin_common: call prepare() first (it reads the special token ids)")
+            raise MethodError("tracin_common: prepare it for the stores first (method.prepare(test_store, train_store)) (it reads the special token ids)")
         return np.isin(token_ids, self.special_ids)
 
     def describe(self):

@@ -14,24 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-class ModelOutput(NamedTuple):
-    logits: jax.Array  # [B, C] float32
-    features: jax.Array  # [B, H] float32, input of the classifier
-
-
-WORD_EMBEDDING_PATH = ("embeddings", "word_embeddings", "embedding")
-
-# Defined above the submodule imports: bert.py and cnn.py import ModelOutput from here.
-from tracin_jax.models.bert import BertClassifier, BertConfig  # noqa: E402
-from tracin_jax.models.cnn import CNNClassifier, CNNConfig  # noqa: E402
-from tracin_jax.models.groups import is_bias, parameter_groups, select  # noqa: E402
+from tracin_jax.models.bert import BertClassifier, BertConfig
+from tracin_jax.models.cnn import CNNClassifier, CNNConfig
+from tracin_jax.models.groups import is_bias, parameter_groups, select
+from tracin_jax.models.outputs import WORD_EMBEDDING_PATH, ModelOutput
 
 # RoBERTa-base values for fields a 'roberta' model config leaves unset.
 _ROBERTA_DEFAULTS = dict(type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1,

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tracin_jax.models import ModelOutput
+from tracin_jax.models.outputs import ModelOutput
 
 MODEL_TYPES = ("bert", "roberta")
 ACTIVATIONS = {

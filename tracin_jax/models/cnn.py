@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tracin_jax.models import ModelOutput
+from tracin_jax.models.outputs import ModelOutput
 from tracin_jax.models.bert import COMPUTE_DTYPES
 
 

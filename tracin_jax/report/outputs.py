@@ -1,6 +1,6 @@
 """Writes everything ``tracin-jax score`` produces for one retrieval into a directory.
 
-    DIR/retrieval.npz   exact top-k ids and scores (``Retrieval.load``)
+    DIR/retrieval.npz   exact top-k ids and scores (``Rankings.load``)
     DIR/scores.jsonl    one line per (test point, proponent/opponent, rank) with top tokens
     DIR/report.html     self-contained report, tokens highlighted by contribution
     DIR/summary.json    method, stores, counts
@@ -13,7 +13,7 @@ from pathlib import Path
 from tracin_jax.methods import get_method
 from tracin_jax.methods.base import MethodError
 from tracin_jax.methods.explain import explain_retrieval
-from tracin_jax.methods.retrieval import Retrieval
+from tracin_jax.methods.retrieval import Rankings
 from tracin_jax.report.html import encoded_tokens, write_html
 from tracin_jax.report.jsonl import DEFAULT_TOP_TOKENS, write_jsonl
 
@@ -21,7 +21,7 @@ from tracin_jax.report.jsonl import DEFAULT_TOP_TOKENS, write_jsonl
 DEFAULT_HTML_TOP = 10
 
 
-def write_outputs(out_dir: str | Path, retrieval: Retrieval, method, test_store, train_store, *,
+def write_outputs(out_dir: str | Path, retrieval: Rankings, method, test_store, train_store, *,
                   context=None, options: dict | None = None, top_tokens: int = DEFAULT_TOP_TOKENS,
                   html_top: int = DEFAULT_HTML_TOP, html: bool = True, extra: dict | None = None) -> dict:
     """Explains ``retrieval`` word by word and writes the files above; returns the summary."""

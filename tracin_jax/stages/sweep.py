@@ -1,4 +1,4 @@
-"""``tracin-jax sweep plan``: gathers a sweep's inputs from a training run and writes its manifest.
+"""Stage "run + stores + rankings → sweep manifest" (``tracin-jax sweep plan``).
 
 Inputs, each optional where it can be computed:
 - rankings per method: ``tracin-jax score`` outputs (``--rankings DIR``), else
@@ -14,12 +14,21 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 
-from tracin_jax.deletion import rankings as rankings_lib
-from tracin_jax.deletion.plan import (MANIFEST, atomic_save_npz, atomic_write_json, estimate_cost,
-                                      manifest_summary, plan_sweep, positions_of_ids)
+from tracin_jax import mesh as mesh_lib
+from tracin_jax.deletion.cost import choose_num_replicas, estimate_cost
+from tracin_jax.deletion.plan import MANIFEST, manifest_summary, plan_sweep, positions_of_ids
+from tracin_jax.deletion.runner import make_trainer
+from tracin_jax.errors import UsageError
+from tracin_jax.files import atomic_save_npz, atomic_write_json
+from tracin_jax.rankings import load_rankings
+from tracin_jax.stages.gradients import run_context, subset_gradients
+from tracin_jax.stages.rankings import RANDOM, full_scores, rank, self_scores
+from tracin_jax.store import GradientStore
+from tracin_jax.train import CheckpointStore, load_run, predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +49,6 @@ def select_fix_points(setup, probs: np.ndarray, num_points: int, p_low: float, p
 
 
 def final_params(run_dir: Path):
-    from tracin_jax.train import CheckpointStore
-
     store = CheckpointStore(Path(run_dir) / "checkpoints")
     step = store.latest_step()
     if step is None:
@@ -51,29 +58,10 @@ def final_params(run_dir: Path):
     return params
 
 
-def rows_store(setup, run_dir: Path, rows: np.ndarray, name: str, out_dir: Path, *, progress=False):
-    """Gradient store of eval rows ``rows`` (split name ``name``), like ``tracin-jax grads``."""
-    from tracin_jax.grads import extract_gradients
-    from tracin_jax.pipeline import model_info
-    from tracin_jax.train import CheckpointStore
-
-    texts, encoded = setup.texts["eval"].subset(rows), setup.eval.subset(rows)
-    checkpoints = CheckpointStore(Path(run_dir) / "checkpoints")
-    g = setup.cfg.grads
-    store = extract_gradients(
-        setup.model, [(c.step, c.learning_rate) for c in checkpoints.infos()], checkpoints.restore_params,
-        encoded, out_dir, fingerprint=texts.fingerprint(), split=name, model_info=model_info(setup),
-        vocab_size=int(setup.cfg.model.vocab_size), k=None if g.k in (None, 0) else int(g.k),
-        topk_by=g.topk_by, dtype=g.dtype, shard_size=int(g.shard_size), batch_size=int(g.batch_size),
-        mode=g.mode, progress=progress)
-    checkpoints.close()
-    return store, texts, encoded
-
-
 def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out_dir: str | Path, *,
                   rankings: dict | None = None, rankings_paths: Sequence[str | Path] = (),
-                  train_store=None, test_store=None, setup=None, context=None, mesh=None,
-                  measure: bool = True, progress: bool = False,
+                  train_store=None, test_store=None, lds_stores: dict | None = None, setup=None,
+                  context=None, mesh=None, measure: bool = True, progress: bool = False,
                   echo: Callable[[str], None] | None = print) -> dict:
     """Plans a sweep of run ``run_dir`` into ``out_dir/manifest.json``; returns the manifest.
 
@@ -82,12 +70,10 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
       rankings: method -> ``Rankings`` already computed (e.g. by the demo).
       rankings_paths: ``tracin-jax score`` output directories / files.
       train_store, test_store: ``GradientStore``s (paths accepted) for what is computed here.
+      lds_stores: method -> ``(test_store, train_store)`` for that method's LDS score matrix
+        (e.g. exact stores for tracin_we, top-k ones for tracin_we_topk); default the two above.
       measure: time a few replica steps for the cost estimate.
     """
-    from tracin_jax import mesh as mesh_lib
-    from tracin_jax.store import GradientStore
-    from tracin_jax.train import load_run
-
     say = echo or (lambda s: None)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -96,31 +82,31 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
     train_store = GradientStore(train_store) if isinstance(train_store, (str, Path)) else train_store
     test_store = GradientStore(test_store) if isinstance(test_store, (str, Path)) else test_store
     if context is None and (train_store is not None):
-        from tracin_jax.methods import RunContext
-        context = RunContext.from_run(run_dir, setup=setup)
+        context = run_context(run_dir, setup=setup)
 
     ranked = dict(rankings or {})
     for path in rankings_paths:
-        r = rankings_lib.load_rankings(path)
+        r = load_rankings(path)
         ranked[r.method] = r
     depth = max(int(k) for k in sweep_cfg.k_grid)
     for method in sweep_cfg.methods:
         if method in ranked:
             continue
         if train_store is None or test_store is None:
-            raise ValueError(f"no rankings for {method!r}: pass its tracin-jax score output "
+            raise UsageError(f"no rankings for {method!r}", "pass its tracin-jax score output "
                              "(--rankings) or the gradient stores (--train-store, --test-store)")
         say(f"[sweep] ranking the test points with {method} (top {depth})")
-        ranked[method] = rankings_lib.compute_rankings(method, test_store, train_store, depth,
-                                                       context=context, mesh=mesh)
+        ranked[method] = rank(method, test_store, train_store, depth, context=context, mesh=mesh)
 
     lds_files, self_files = {}, {}
     if int(sweep_cfg.lds.num_subsets) > 0:
-        if train_store is None or test_store is None:
-            raise ValueError("sweep.lds needs the full score matrices: pass --train-store and --test-store")
         for method in sweep_cfg.methods:
-            test_ids, train_ids, scores = rankings_lib.compute_score_matrix(
-                method, test_store, train_store, context=context, mesh=mesh)
+            if method == RANDOM:
+                continue  # the control ranks at random: it has no scores to correlate
+            test_s, train_s = (lds_stores or {}).get(method, (test_store, train_store))
+            if train_s is None or test_s is None:
+                raise UsageError("sweep.lds needs the full score matrices", "pass --train-store and --test-store")
+            test_ids, train_ids, scores = full_scores(method, test_s, train_s, context=context, mesh=mesh)
             cols = positions_of_ids(train_ids, setup.train.ids, "training")  # columns in training-row order
             rel = f"lds/{method}.npz"
             atomic_save_npz(out_dir / rel, test_ids=test_ids, train_ids=np.asarray(setup.train.ids),
@@ -129,7 +115,9 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
     flipped = (setup.extras.get("ground_truth") or {}).get("flipped_train_ids")
     if sweep_cfg.mislabel.enabled and flipped and train_store is not None:
         for method in sweep_cfg.methods:
-            ids, scores = rankings_lib.compute_self_influence(method, train_store, context=context, mesh=mesh)
+            if method == RANDOM:
+                continue
+            ids, scores = self_scores(method, train_store, context=context, mesh=mesh)
             rel = f"self_influence/{method}.npz"
             atomic_save_npz(out_dir / rel, ids=ids, scores=scores)
             self_files[method] = rel
@@ -139,8 +127,7 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
     fix_rankings = None
     if int(sweep_cfg.fix.num_points) > 0:
         if train_store is None:
-            raise ValueError("targeted fixing ranks new test points: pass --train-store")
-        from tracin_jax.train import predict_proba
+            raise UsageError("targeted fixing ranks new test points", "pass --train-store")
         probs = predict_proba(setup.model, final_params(run_dir), setup.eval,
                               int(setup.cfg.train.eval_batch_size), mesh_lib.make_local_mesh())
         fix_cfg = sweep_cfg.fix
@@ -148,13 +135,13 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
                                  float(fix_cfg.p_high), int(fix_cfg.seed))
         if len(rows):
             say(f"[sweep] targeted fixing: {len(rows)} misclassified points; extracting their gradients")
-            store, texts, encoded = rows_store(setup, run_dir, rows, "eval_fix", out_dir / "fix_grads",
-                                               progress=progress)
+            store, texts, encoded = subset_gradients(setup, run_dir, "eval", rows, "eval_fix",
+                                                     out_dir / "fix_grads", progress=progress)
             if context is not None:
                 context.add_split("eval_fix", texts, encoded)
             fix_depth = max(int(k) for k in fix_cfg.k_grid)
-            fix_rankings = {m: rankings_lib.compute_rankings(m, store, train_store, fix_depth, context=context,
-                                                             mesh=mesh, with_tokens="pad" in fix_cfg.kinds)
+            fix_rankings = {m: rank(m, store, train_store, fix_depth, context=context, mesh=mesh,
+                                   with_tokens="pad" in fix_cfg.kinds)
                             for m in fix_cfg.methods}
 
     manifest = plan_sweep(setup, run_dir, ranked, sweep_cfg, fix_rankings=fix_rankings,
@@ -162,15 +149,12 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
                           flipped_ids=flipped if self_files else None)
     counts = manifest_summary(manifest)
     if measure:
-        from tracin_jax.deletion.replicas import choose_num_replicas
-        from tracin_jax.deletion.runner import make_trainer
         trainer = make_trainer(setup, manifest)
         r = choose_num_replicas(trainer, num_jobs=len(manifest["jobs"]), requested=int(sweep_cfg.replicas),
                                 max_replicas=int(sweep_cfg.max_replicas),
                                 memory_fraction=float(sweep_cfg.memory_fraction))
         manifest["estimate"] = estimate_cost(manifest, setup, r, mesh=trainer.mesh,
                                              vmap_width=int(sweep_cfg.vmap_width))
-    import jax
     if jax.process_index() == 0:  # every process computes the same plan; one writes it
         atomic_write_json(out_dir / MANIFEST, manifest)
     say(f"[sweep] plan: {counts['jobs']} retraining jobs ({_kinds(counts['by_kind'])}) for "

@@ -19,6 +19,12 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from tracin_jax.deletion.report import sweep_report
+from tracin_jax.deletion.runner import run_sweep
+from tracin_jax.stages.gradients import run_context, subset_gradients
+from tracin_jax.stages.rankings import rank
+from tracin_jax.stages.sweep import plan_from_run
+
 log = logging.getLogger(__name__)
 
 DEMO_METHODS = ("tracin_we_topk", "tracin_last")
@@ -73,22 +79,17 @@ def run_deletion_demo(setup, run_dir: str | Path, out_dir: str | Path, *, train_
       replicas: R per program (default: ``sweep.replicas``, 0 = from memory).
       measure: time replica steps for the plan's cost estimate (and vmap width).
     """
-    from tracin_jax.deletion.rankings import compute_rankings
-    from tracin_jax.deletion.report import sweep_report
-    from tracin_jax.deletion.runner import run_sweep
-    from tracin_jax.deletion.sweep import plan_from_run, rows_store
-    from tracin_jax.methods import RunContext
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     say = print if progress else (lambda s: None)
     sweep_cfg = sweep_cfg or demo_sweep_config(setup.cfg)
     rows = trigger_eval_rows(setup, max_points)
-    store, texts, encoded = rows_store(setup, run_dir, rows, "eval_triggers", out_dir / "grads_triggers")
-    context = context or RunContext.from_run(run_dir, setup=setup)
+    store, texts, encoded = subset_gradients(setup, run_dir, "eval", rows, "eval_triggers",
+                                             out_dir / "grads_triggers")
+    context = context or run_context(run_dir, setup=setup)
     if "eval_triggers" not in context.splits:
         context.add_split("eval_triggers", texts, encoded)
     depth = max(int(k) for k in sweep_cfg.k_grid)
-    rankings = {m: compute_rankings(m, store, train_store, depth, context=context, mesh=mesh)
+    rankings = {m: rank(m, store, train_store, depth, context=context, mesh=mesh)
                 for m in sweep_cfg.methods}
     manifest = plan_from_run(sweep_cfg, run_dir, out_dir, rankings=rankings, setup=setup, mesh=mesh,
                              measure=measure, echo=say)

@@ -14,13 +14,18 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from tracin_jax import mesh as mesh_lib
+from tracin_jax.methods import precision_at_k, top_k
+from tracin_jax.report.outputs import write_outputs
+from tracin_jax.stages.demo_deletion import run_deletion_demo
+from tracin_jax.stages.gradients import run_context, run_gradients, subset_gradients
+from tracin_jax.store import GradientStore
+from tracin_jax.train import prepare_run, train
+
 log = logging.getLogger(__name__)
 
 
 def run_demo(cfg: ml_collections.ConfigDict, out: Path, *, progress: bool = True) -> dict:
-    from tracin_jax.pipeline import run_gradients
-    from tracin_jax.train import prepare_run, train
-
     out = Path(out)
     run_dir = out / "run"
     setup = prepare_run(cfg, run_dir)
@@ -40,8 +45,6 @@ def run_demo(cfg: ml_collections.ConfigDict, out: Path, *, progress: bool = True
               f"{len(store.checkpoints)} checkpoints")
         summary[f"{split}_store"] = str(out / "grads" / split)
     summary.update(score_and_report(setup, run_dir, out, progress=progress))
-    from tracin_jax.deletion.demo_stage import run_deletion_demo
-    from tracin_jax.store import GradientStore
     deletion = run_deletion_demo(setup, run_dir, out / "deletion",
                                  train_store=GradientStore(out / "grads" / "train"), progress=progress)
     table = out / "deletion" / "report" / "table.md"
@@ -63,33 +66,6 @@ def we_method_name(k: int | None) -> tuple[str, dict]:
     return ("tracin_we", {}) if k is None else ("tracin_we_topk", {"k": int(k)})
 
 
-def run_gradients_for_rows(setup, run_dir: Path, split: str, rows, name: str, out_dir: Path, *,
-                           progress: bool = True):
-    """Gradient store of the examples at ``rows`` of ``split`` ('train' or 'eval').
-
-    The store's split is ``name``; register the same examples in a ``RunContext``
-    with ``context.add_split(name, texts, encoded)`` to decode or explain them.
-    Returns ``(store, texts, encoded)``.
-    """
-    from tracin_jax.grads import extract_gradients
-    from tracin_jax.pipeline import model_info
-    from tracin_jax.train import CheckpointStore
-
-    rows = np.asarray(rows, np.int64)
-    texts, encoded = setup.texts[split].subset(rows), getattr(setup, split).subset(rows)
-    checkpoints = CheckpointStore(Path(run_dir) / "checkpoints")
-    g = setup.cfg.grads
-    k = None if g.k in (None, 0) else int(g.k)
-    store = extract_gradients(
-        setup.model, [(c.step, c.learning_rate) for c in checkpoints.infos()],
-        checkpoints.restore_params, encoded, out_dir, fingerprint=texts.fingerprint(), split=name,
-        model_info=model_info(setup), vocab_size=int(setup.cfg.model.vocab_size), k=k,
-        topk_by=g.topk_by, dtype=g.dtype, shard_size=int(g.shard_size),
-        batch_size=int(g.batch_size), mode=g.mode, progress=progress)
-    checkpoints.close()
-    return store, texts, encoded
-
-
 def trigger_relevance(ground_truth: dict) -> dict[int, list[int]]:
     """Planted ground truth: each trigger eval point -> the training examples of its trigger."""
     return {int(e): [int(i) for i in t["train_ids"]] for t in ground_truth["triggers"]
@@ -100,12 +76,9 @@ def trigger_precision(setup, run_dir: Path, train_store, out_dir: Path, *,
                       methods=("tracin_we_topk", "tracin_last"), k: int = PRECISION_K,
                       mesh=None, progress: bool = True) -> dict[str, float]:
     """Mean precision@k of each method's proponents for the planted trigger test points."""
-    from tracin_jax.methods import precision_at_k, top_k
-
     relevant = trigger_relevance(setup.extras["ground_truth"])
     rows = np.flatnonzero(np.isin(setup.texts["eval"].ids, list(relevant)))
-    store, _, _ = run_gradients_for_rows(setup, run_dir, "eval", rows, "eval_triggers", out_dir,
-                                         progress=progress)
+    store, _, _ = subset_gradients(setup, run_dir, "eval", rows, "eval_triggers", out_dir, progress=progress)
     we_name, we_options = we_method_name(store.manifest.get("k"))
     out = {}
     for name in methods:
@@ -118,12 +91,7 @@ def trigger_precision(setup, run_dir: Path, train_store, out_dir: Path, *,
 
 def score_and_report(setup, run_dir: Path, out: Path, *, progress: bool = True) -> dict:
     """Scores the test store against the train store and writes ``out/scores``."""
-    from tracin_jax import mesh as mesh_lib
-    from tracin_jax.methods import RunContext, top_k
-    from tracin_jax.report.outputs import write_outputs
-    from tracin_jax.store import GradientStore
-
-    context = RunContext.from_run(run_dir, setup=setup)
+    context = run_context(run_dir, setup=setup)
     mesh = mesh_lib.make_local_mesh()
     train_store = GradientStore(out / "grads" / "train")
     test_store = GradientStore(out / "grads" / "test")

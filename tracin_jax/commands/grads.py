@@ -1,0 +1,25 @@
+"""``tracin-jax grads``: per-example word-embedding gradients of a split into a gradient store."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tracin_jax.commands import no_overrides, print_json
+from tracin_jax.mesh import initialize_distributed
+from tracin_jax.stages.gradients import run_gradients
+
+
+def run(args, overrides) -> int:
+    no_overrides("grads", overrides, "pass --k/--dtype/... instead")
+    initialize_distributed()
+    out = Path(args.out)
+    splits = [s.strip() for s in args.split.split(",") if s.strip()]
+    for split in splits:
+        target = out if len(splits) == 1 else out / split
+        store = run_gradients(args.run, split, target, steps=args.checkpoints, k=args.k,
+                              topk_by=args.topk_by, dtype=args.dtype, shard_size=args.shard_size,
+                              batch_size=args.batch_size, progress=not args.no_progress,
+                              param_groups=args.param_groups, include_bias=args.include_bias)
+        print_json({"store": str(target), "split": split, "examples": store.num_examples,
+                    "checkpoints": [{"step": c.step, "learning_rate": c.learning_rate}
+                                    for c in store.checkpoints]})
+    return 0

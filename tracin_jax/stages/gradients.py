@@ -1,0 +1,148 @@
+"""Stage "run → gradient stores": the examples of a split, their gradient store, the run context.
+
+A run directory (``tracin-jax train --workdir RUN``) holds ``config.json``, the tokenizer
+(word vocabularies) and ``checkpoints/``. These functions rebuild the run and select the
+examples of a split — ``train``, ``eval`` or ``test`` (the balanced test points drawn from
+``eval`` with ``cfg.test_points``) — and write their gradient store, or any subset's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tracin_jax.data import EncodedDataset, TextDataset, select_test_points
+from tracin_jax.errors import UsageError
+from tracin_jax.grads import extract_gradients, parse_steps
+from tracin_jax.grads.param_grads import group_paths
+from tracin_jax.methods import RunContext, SplitData
+from tracin_jax.store import GradientStore
+from tracin_jax.train import CheckpointStore, RunSetup, load_run
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "eval", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitExamples:
+    name: str
+    texts: TextDataset
+    encoded: EncodedDataset
+    positions: np.ndarray  # [N] int64 rows in the underlying split (train or eval)
+
+
+def split_examples(setup: RunSetup, split: str) -> SplitExamples:
+    """The examples of ``split``: all of train / eval, or the run's test points (from eval)."""
+    if split not in SPLITS:
+        raise UsageError(f"split {split!r} is not one of {SPLITS}")
+    if split in ("train", "eval"):
+        texts, enc = setup.texts[split], getattr(setup, split)
+        return SplitExamples(split, texts, enc, np.arange(len(enc)))
+    tp = setup.cfg.test_points
+    rows = np.asarray(select_test_points(setup.texts["eval"], int(tp.per_class), int(tp.seed)))
+    return SplitExamples("test", setup.texts["eval"].subset(rows), setup.eval.subset(rows), rows)
+
+
+def model_info(setup: RunSetup) -> dict[str, Any]:
+    """What a gradient store records about the model (checked when a store is reopened)."""
+    m = setup.cfg.model.to_dict()
+    return {"kind": m.get("kind"), "hf_dir": m.get("hf_dir"), "vocab_size": m.get("vocab_size"),
+            "num_labels": m.get("num_labels"), "hidden_size": m.get("hidden_size"),
+            "num_hidden_layers": m.get("num_hidden_layers"), "embed_dim": m.get("embed_dim")}
+
+
+def run_context(run_dir: str | Path, setup: RunSetup | None = None) -> RunContext:
+    """``RunContext`` of a run directory: its model, checkpoints, tokenizer and the splits
+    train / eval / test, rebuilt on demand."""
+    setup = setup or load_run(run_dir)
+    checkpoints = CheckpointStore(Path(run_dir) / "checkpoints")
+
+    def load_split(name: str) -> SplitData:
+        ex = split_examples(setup, name)
+        return SplitData(ex.texts, ex.encoded)
+
+    return RunContext(setup.model, checkpoints.restore_params, setup.tokenizer,
+                      split_loader=load_split, setup=setup)
+
+
+def _normalize_k(k) -> int | None:
+    """``0``/``None``/``"all"``/``"none"`` → exact vectors (None); else a positive int."""
+    if k is None or str(k).strip().lower() in ("0", "none", "all"):
+        return None
+    try:
+        value = int(k)
+    except (TypeError, ValueError):
+        raise UsageError(f"k={k!r} is not an integer", "pass a positive int, or 0 for exact vectors") from None
+    if value < 0:
+        raise UsageError(f"k={value} is negative", "pass a positive int, or 0 for exact vectors")
+    return value or None
+
+
+def _extract(setup: RunSetup, run_dir: Path, texts: TextDataset, encoded: EncodedDataset, split: str,
+             out_dir: Path, *, steps=None, k=None, topk_by=None, dtype=None, shard_size=None,
+             batch_size=None, progress=True, param_paths=None, micro_batch=None) -> GradientStore:
+    g = setup.cfg.grads
+    checkpoints = CheckpointStore(Path(run_dir) / "checkpoints")
+    try:
+        infos = {c.step: c.learning_rate for c in checkpoints.infos()}
+        if not infos:
+            raise UsageError(f"no checkpoints in {Path(run_dir) / 'checkpoints'}", "train first")
+        chosen = parse_steps(steps, infos)
+        return extract_gradients(
+            setup.model, [(s, infos[s]) for s in chosen], checkpoints.restore_params, encoded, out_dir,
+            fingerprint=texts.fingerprint(), split=split, model_info=model_info(setup),
+            vocab_size=int(setup.cfg.model.vocab_size), k=_normalize_k(g.k if k is None else k),
+            topk_by=topk_by or g.topk_by, dtype=dtype or g.dtype, shard_size=int(shard_size or g.shard_size),
+            batch_size=int(batch_size or g.batch_size), mode=g.mode, progress=progress,
+            param_paths=param_paths, micro_batch=micro_batch)
+    finally:
+        checkpoints.close()
+
+
+def run_gradients(run_dir: str | Path, split: str, out_dir: str | Path, *, steps=None, k=None,
+                  topk_by=None, dtype=None, shard_size=None, batch_size=None, progress=True,
+                  setup: RunSetup | None = None, param_groups=None, include_bias: bool = False,
+                  micro_batch: int | None = None) -> GradientStore:
+    """``tracin-jax grads``: gradient store of one split over a run's checkpoints.
+
+    Unset options take the run's ``cfg.grads`` values. ``param_groups``: names of
+    ``models.parameter_groups`` (or ``"all"``) whose per-example gradients are stored too
+    (field ``param_grads``, same pass; biases only with ``include_bias``).
+    ``micro_batch``: rows per device per step.
+    """
+    run_dir = Path(run_dir)
+    setup = setup or load_run(run_dir)
+    ex = split_examples(setup, split)
+    if isinstance(param_groups, str):
+        param_groups = [g.strip() for g in param_groups.split(",") if g.strip()]
+    paths = None
+    if param_groups:
+        names = None if list(param_groups) == ["all"] else list(param_groups)
+        paths = group_paths(setup.params, names, include_bias)
+    return _extract(setup, run_dir, ex.texts, ex.encoded, split, Path(out_dir), steps=steps, k=k,
+                    topk_by=topk_by, dtype=dtype, shard_size=shard_size, batch_size=batch_size,
+                    progress=progress, param_paths=paths, micro_batch=micro_batch)
+
+
+def subset_gradients(setup: RunSetup, run_dir: str | Path, split: str, rows, name: str,
+                     out_dir: str | Path, *, k="config", dtype=None,
+                     progress: bool = False) -> tuple[GradientStore, TextDataset, EncodedDataset]:
+    """Gradient store of the examples at ``rows`` of ``split`` ('train' or 'eval'), over every
+    checkpoint, with the run's ``cfg.grads`` settings (``k="config"``) or the given ``k``.
+
+    The store's split is ``name``; register the same examples in a ``RunContext`` with
+    ``context.add_split(name, texts, encoded)`` to decode or explain them. Returns
+    ``(store, texts, encoded)``.
+    """
+    if split not in ("train", "eval"):
+        raise UsageError(f"subset_gradients takes rows of 'train' or 'eval', not {split!r}")
+    rows = np.asarray(rows, np.int64)
+    texts, encoded = setup.texts[split].subset(rows), getattr(setup, split).subset(rows)
+    store = _extract(setup, Path(run_dir), texts, encoded, name, Path(out_dir),
+                     k=setup.cfg.grads.k if k == "config" else (0 if k is None else k), dtype=dtype,
+                     progress=progress)
+    return store, texts, encoded
