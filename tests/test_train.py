@@ -1,5 +1,6 @@
 """Fine-tuning: learning, learning rates in checkpoints, sharded == single, kill-and-resume."""
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -9,6 +10,7 @@ import pytest
 
 from tracin_jax import config as config_lib
 from tracin_jax import mesh as mesh_lib
+from tracin_jax.errors import ConfigError
 from tracin_jax.data import iterate_batches
 from tracin_jax.train import (CheckpointStore, SimulatedCrash, TrainState, load_run, make_optimizer,
                               make_schedule, make_train_step, prepare_run, train)
@@ -91,18 +93,34 @@ def test_sharded_train_step_equals_single_device(tmp_path):
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-5)
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
-    cfg = tiny_config()
+def _metrics(workdir):
+    lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k != "elapsed_s"} for line in lines]
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path, caplog):
+    cfg = tiny_config(**{"train.log_every_steps": 5})  # logs at 5, 10, ...: checkpoint 16 is mid-window
     full = train(cfg, tmp_path / "full", progress=False)
     with pytest.raises(SimulatedCrash):
-        train(cfg, tmp_path / "killed", crash_after_step=21, progress=False)  # checkpoint at 16
-    resumed = train(cfg, tmp_path / "killed", progress=False)
+        train(cfg, tmp_path / "killed", crash_after_step=26, progress=False)  # checkpoint at 16
+    # the dead run logged steps 20 and 25 after its last checkpoint
+    assert [m["step"] for m in _metrics(tmp_path / "killed")] == [5, 10, 15, 16, 20, 25]
+    with caplog.at_level(logging.WARNING, logger="tracin_jax.train.trainer"):
+        resumed = train(cfg, tmp_path / "killed", progress=False)
+    assert any(r.levelno == logging.WARNING and "resuming from checkpoint step 16" in r.getMessage()
+               for r in caplog.records)
     assert resumed.resumed_from == 16 and resumed.final_step == full.final_step == 32
     a = CheckpointStore(tmp_path / "full" / "checkpoints")
     b = CheckpointStore(tmp_path / "killed" / "checkpoints")
     for x, y in zip(_leaves(a.restore_params(32)), _leaves(b.restore_params(32))):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
     a.close(), b.close()
+    # metrics.jsonl as if never interrupted: no duplicate steps, the same values (the step-20
+    # mean covers 16..20 on both, the resumed run restoring the window from checkpoint 16)
+    full_metrics, resumed_metrics = _metrics(tmp_path / "full"), _metrics(tmp_path / "killed")
+    assert [m["step"] for m in resumed_metrics] == [m["step"] for m in full_metrics]
+    for x, y in zip(full_metrics, resumed_metrics):
+        assert x == pytest.approx(y, rel=1e-5), (x, y)
 
 
 def test_resume_with_changed_config_is_refused(tmp_path):
@@ -140,7 +158,7 @@ def test_config_overrides_parse_and_reject_unknown_keys():
                                      "model.hf_dir=/x/y"])
     assert cfg.train.lr == 1e-2 and cfg.train.epochs == 5 and cfg.model.kernel_sizes == (3, 3)
     assert cfg.model.hf_dir == "/x/y"
-    with pytest.raises(KeyError, match="unknown config key"):
+    with pytest.raises((KeyError, ConfigError), match="unknown config key"):
         config_lib.apply_overrides(cfg, ["train.learning_rate=1"])
     with pytest.raises(ValueError, match="key=value"):
         config_lib.apply_overrides(cfg, ["train.lr"])

@@ -17,6 +17,7 @@ import ml_collections
 
 from tracin_jax import config as config_lib
 from tracin_jax.data import EncodedDataset, TextDataset, encode_dataset, load_splits, load_tokenizer
+from tracin_jax.errors import DataError
 from tracin_jax.models import build_model, init_params
 from tracin_jax.models.hf_convert import load_hf_checkpoint
 
@@ -58,6 +59,10 @@ def prepare_run(cfg: ml_collections.ConfigDict, workdir: str | Path | None = Non
     splits = load_splits(cfg.data)
     extras = {k: v for k, v in splits.items() if k not in ("train", "eval")}
     texts = {"train": splits["train"], "eval": splits["eval"]}
+    if len(texts["train"]) == 0:
+        raise DataError(f"the training split {cfg.data.train_split!r} (data.source={cfg.data.source!r}) has "
+                        "no examples", "check data.source, data.files, data.train_split, data.max_train "
+                        "and data.drop_empty")
 
     tok_cfg = _tokenizer_config(cfg, workdir)
     tokenizer = load_tokenizer(tok_cfg, corpus=list(texts["train"].texts) + list(texts["train"].text_pairs or ()))
