@@ -6,7 +6,7 @@ import pytest
 from tracin_jax.grads import make_single_device_gradient_fn
 from tracin_jax.grads.embedding_grads import _token_vectors, default_micro_batch
 from tracin_jax.kernels import token_vectors_batch
-from tracin_jax.kernels.pair_scores import pair_scores, pair_scores_sparse
+from tracin_jax.kernels.pair_scores import pair_scores_dense, pair_scores_sparse
 from tracin_jax.models import BertClassifier, BertConfig, init_params
 
 VOCAB, B, L = 50, 8, 12
@@ -84,11 +84,8 @@ def test_sparse_gemm_and_pairwise_tokens():
     b_vecs = rng.normal(size=(30, 8, 3)).astype(np.float32)
     want = _brute(a_ids, a_vecs, b_ids, b_vecs)
     np.testing.assert_allclose(pair_scores_sparse(a_ids, a_vecs, b_ids, b_vecs), want, rtol=1e-5, atol=1e-5)
-    for backend in ("auto", "sparse", "dense"):
-        got = np.asarray(pair_scores(a_ids, a_vecs, b_ids, b_vecs, backend=backend))
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=backend)
-    with pytest.raises(ValueError, match="backend"):
-        pair_scores(a_ids, a_vecs, b_ids, b_vecs, backend="gpu")
+    np.testing.assert_allclose(np.asarray(pair_scores_dense(a_ids, a_vecs, b_ids, b_vecs)), want,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_sparse_empty_blocks():

@@ -11,7 +11,7 @@ as ``token_vectors`` merges them. Then, in one process:
   proponents and opponents. Timed with the sparse (inverted-index join) and the
   dense (masked GEMM) kernels and with the library's default method as it stands.
 - ``pairs_per_s`` = train × test / retrieval time, default kernel
-  (``pair_scores`` with ``backend="auto"``).
+  (``default_backend()``: the sparse join on CPU, the dense GEMM on accelerators).
 - ``speedup_vs_paper_loop``: the authors' notebook scores one pair at a time (a
   Python loop over shared token ids with numpy dot products); timed here on a
   subsample and extrapolated per pair.
@@ -56,13 +56,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as bench  # noqa: E402
 
-from tracin_jax.kernels.pair_scores import default_backend, pair_scores  # noqa: E402
+from tracin_jax.kernels.pair_scores import default_backend, pair_scores_dense, pair_scores_sparse  # noqa: E402
 from tracin_jax.methods.retrieval import top_k  # noqa: E402
 from tracin_jax.methods.tracin_we import TracInWETopK  # noqa: E402
 from tracin_jax.store import GradientStore, GradientStoreWriter  # noqa: E402
 
 PAD_ID = -1
 STEP, LEARNING_RATE = 0, 1.0
+# The two pair-score kernels by name (production picks one with default_backend()).
+KERNELS = {"sparse": pair_scores_sparse,
+           "dense": jax.jit(pair_scores_dense, static_argnames=("block_size",))}
+
+
+def pair_scores(a_ids, a_vecs, b_ids, b_vecs, backend: str):
+    return KERNELS[backend](a_ids, a_vecs, b_ids, b_vecs)
 
 
 class KernelTracInWETopK(TracInWETopK):

@@ -5,7 +5,6 @@ Nothing here imports models or data: inputs are arrays of token ids and gradient
 from tracin_jax.kernels.pair_scores import (
     default_backend,
     gram,
-    pair_scores,
     pair_scores_dense,
     pair_scores_sparse,
     pair_token_contributions,
@@ -31,7 +30,6 @@ __all__ = [
     "default_backend",
     "gram",
     "init_topk",
-    "pair_scores",
     "merge_topk",
     "pair_scores_dense",
     "pair_scores_sparse",

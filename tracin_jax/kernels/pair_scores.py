@@ -13,8 +13,8 @@ All scores are accumulated in float32. Two interchangeable implementations:
 - ``pair_scores_sparse``: a host-side inverted-index join (one small GEMM per
   shared token), cheap when examples share few tokens.
 
-``pair_scores(..., backend="auto")`` picks the faster one for the device:
-the join on CPU, the dense GEMM on accelerators.
+``default_backend()`` names the faster one for the device: the join on CPU, the dense
+GEMM on accelerators (``methods.tracin_we`` scores with it).
 
 Both also accept ids repeated within an example: every (t, s) slot pair with
 equal ids counts, which is the same bilinear form.
@@ -239,22 +239,6 @@ def default_backend() -> str:
     return "sparse" if jax.default_backend() == "cpu" else "dense"
 
 
-def pair_scores(a_ids, a_vecs, b_ids, b_vecs, backend: str = "auto"):
-    """All-pairs TracIn-WE scores with the faster implementation for the device.
-
-    ``backend``: ``"auto"`` (``default_backend()``), ``"sparse"``
-    (``pair_scores_sparse``, returns numpy) or ``"dense"`` (``pair_scores_dense`` jitted,
-    returns a jax array, left on the device). Both give the same [M, N] float32 scores.
-    """
-    if backend == "auto":
-        backend = default_backend()
-    if backend == "sparse":
-        return pair_scores_sparse(a_ids, a_vecs, b_ids, b_vecs)
-    if backend == "dense":
-        return _pair_scores_dense_jit(a_ids, a_vecs, b_ids, b_vecs)
-    raise ValueError(f"backend must be 'auto', 'sparse' or 'dense', got {backend!r}")
-
-
 def pair_token_contributions(
     a_ids: jax.Array, a_vecs: jax.Array, b_ids: jax.Array, b_vecs: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
@@ -285,5 +269,4 @@ def pair_token_contributions(
             jnp.where(used, contributions[order], 0.0))
 
 
-_pair_scores_dense_jit = jax.jit(pair_scores_dense, static_argnames=("block_size",))
 pair_token_contributions_jit = jax.jit(pair_token_contributions)
