@@ -87,8 +87,9 @@ def test_cli_grads(run_dir, tmp_path, capsys):
     assert store.manifest["k"] is None
     assert cli.main(["grads", "--run", str(run_dir), "--checkpoints", "7", "--out", str(tmp_path / "h"),
                      "--no-progress"]) == 2  # a usage error
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "checkpoints [7] not found" in err and err.count("\n") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "checkpoints [7] not found" in err[-1]
+    assert not any(line.startswith(("Traceback", "error:")) for line in err[:-1])
 
 
 def test_cli_grads_param_groups_same_pass(run_dir, tmp_path, capsys):

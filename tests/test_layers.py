@@ -42,9 +42,15 @@ def _modules() -> dict[str, Path]:
 
 def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
     """tracin_jax modules imported by ``path`` (``from a.b import c`` -> ``a.b.c`` if it is a
-    module, else ``a.b``), at any depth of the file."""
+    module, else ``a.b``), at any depth of the file (``if TYPE_CHECKING:`` blocks aside)."""
     out = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(n) for block in ast.walk(tree)  # `if TYPE_CHECKING:` imports never run
+                   if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
+                   for n in ast.walk(block)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

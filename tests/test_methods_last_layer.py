@@ -65,8 +65,7 @@ def test_tracin_last_equals_classifier_gradient_products(world):
 def test_tracin_last_sign_by_one_sgd_step(world):
     """SPEC: a step W ← W − η ∂ℓ(x)/∂W changes ℓ(x') by −η · score_c to first order."""
     test, train = _stores(world)
-    method = get_method("tracin_last")
-    method.prepare(test, train)
+    method = get_method("tracin_last").prepare(test, train)
     a, b = test.load(FINAL), train.load(FINAL)
     a["position"], b["position"] = np.arange(test.num_examples), np.arange(train.num_examples)
     scores = method.score_block(a, b, FINAL)

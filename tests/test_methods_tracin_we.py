@@ -104,7 +104,7 @@ def _vocab_mask(world, ids, keep):
 
 def test_noc_drops_special_and_frequent_tokens(world):
     test, train = _stores(world, None)
-    method = get_method("tracin_we_noc", df_threshold=0.3)
+    method = get_method("tracin_we_noc", df_threshold=0.3).prepare(test, train, world.context)
     got = score_matrix(method, test, train, context=world.context)
     enc = world.train.encoded
     df = np.array([np.mean([(row[mask > 0] == t).any() for row, mask in

@@ -63,6 +63,18 @@ def _common(p: argparse.ArgumentParser, progress: bool = True) -> None:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _no_verify(p) -> None:
+    p.add_argument("--no-verify", action="store_true",
+                   help="use checkpoints whose parameters no longer match the digests recorded when they "
+                        "were saved (a damaged checkpoint gives wrong numbers: prefer re-training)")
+
+
+def _allow_mismatch(p) -> None:
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="score stores computed from different models or parameters (a deliberate "
+                        "cross-model study); by default that is an error")
+
+
 def _config_arg(p, default=None, required=False, what="experiment config"):
     p.add_argument("--config", default=default, required=required,
                    help=f"{what}: a Python file defining get_config(), or the name of one in the "
@@ -91,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "run with the same config resumes from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an existing run in --workdir made with a different config and start over")
+    _no_verify(p)
     _common(p)
 
     # -- grads
@@ -119,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="store directory; an unfinished store with the same "
                    "arguments resumes, one made with other arguments is an error (see --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace a store in --out made with other arguments")
+    _no_verify(p)
     _common(p)
 
     # -- score
@@ -149,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-tokens", type=int, default=5, help="tokens listed per JSONL line")
     p.add_argument("--html-top", type=int, default=10, help="neighbours per kind shown in the HTML report")
     p.add_argument("--no-html", action="store_true", help="skip report.html")
+    _allow_mismatch(p)
+    _no_verify(p)
     _common(p)
 
     # -- explain
@@ -165,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method option (repeatable)")
     p.add_argument("--top", type=int, default=None, help="show only the N tokens of largest |contribution|")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    _allow_mismatch(p)
+    _no_verify(p)
 
     # -- demo
     p = command("demo", "The whole job end to end on the embedded synthetic data (minutes on a CPU).",
@@ -190,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=None,
                    help="examples per gradient call (default: as many as 2^24 gradient floats allow)")
     p.add_argument("--out", required=True, help="output directory")
+    _no_verify(p)
     _common(p)
     p = kinds.add_parser("clusters", formatter_class=HelpFormatter,
                          help="Hard training examples clustered by influence distance (appendix A), "
@@ -210,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linkage", default="average", choices=("average", "complete", "single"),
                    help="agglomerative clustering linkage")
     p.add_argument("--out", required=True, help="output directory")
+    _no_verify(p)
     _common(p)
 
     # -- sweep
@@ -228,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training gradient store (rankings, LDS and self-influence computed here)")
     p.add_argument("--test-store", default=None, help="test-point gradient store")
     p.add_argument("--no-measure", action="store_true", help="skip timing replica steps for the estimate")
+    _allow_mismatch(p)
+    _no_verify(p)
     _common(p)
     p = steps.add_parser("run", formatter_class=HelpFormatter,
                          help="Run this worker's unfinished jobs, R retrainings per program.")

@@ -76,7 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.train.group_by_length = 0  # G, e.g. 50
     cfg.train.pad_to_multiple = 0  # m, e.g. 8
     cfg.train.grad_clip_norm = ml_collections.FieldReference(None, field_type=float)
-    cfg.train.freeze_word_embeddings = False  # no-overlap experiment (SPEC)
+    cfg.train.freeze_word_embeddings = False  # no-overlap experiment (docs/method.md)
+    # True: a NaN/inf loss, eval metric or parameter is logged, not fatal (checkpoints may then
+    # hold NaN, which gradient extraction refuses). False: training stops at the first one.
+    cfg.train.allow_nonfinite = False
     cfg.train.checkpoint_every_epochs = 1
     cfg.train.checkpoint_every_steps = 0
     cfg.train.checkpoint_steps = ()

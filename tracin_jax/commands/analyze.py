@@ -18,7 +18,8 @@ def cancellation_cmd(args, overrides) -> int:
     no_overrides("analyze", overrides, "the analysis reads the run's saved config")
     report = cancellation_of_run(args.run, split=args.split, num_examples=args.num_examples, seed=args.seed,
                                  steps=args.checkpoints, groups=_groups(args.groups),
-                                 progress=not args.no_progress, chunk_size=args.chunk_size)
+                                 progress=not args.no_progress, chunk_size=args.chunk_size,
+                                 verify=not args.no_verify)
     files = cancellation.write_report(report, args.out)
     print(report.markdown())
     print_json({"files": files, **{v.name: v.cancellation for v in report.views}})
@@ -34,7 +35,7 @@ def clusters_cmd(args, overrides) -> int:
     report = clusters_of_run(args.run, args.out, num_models=args.models, seeds=seeds, epochs=args.epochs,
                              min_error_rate=args.min_error_rate, hard_positions=hard,
                              method=args.method, threshold=args.threshold, min_size=args.min_size,
-                             linkage=args.linkage, progress=not args.no_progress)
+                             linkage=args.linkage, progress=not args.no_progress, verify=not args.no_verify)
     files = clusters.write_report(report, args.out)
     print_json({"files": files, "hard": report.num_hard, "clusters": len(report.clusters),
                 "sizes": [len(c.members) for c in report.clusters]})

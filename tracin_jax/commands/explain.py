@@ -11,9 +11,10 @@ from tracin_jax.store import GradientStore
 
 def run(args, overrides) -> int:
     no_overrides("explain", overrides, "pass method options with --opt key=value")
-    context = run_context(args.run) if args.run else None
+    context = run_context(args.run, verify=not args.no_verify) if args.run else None
     e = explain_pair(args.method, GradientStore(args.test), args.test_id, GradientStore(args.train),
-                     args.train_id, context=context, options=method_options(args.opt))
+                     args.train_id, context=context, options=method_options(args.opt),
+                     allow_mismatch=args.allow_mismatch)
     if args.json:
         print(json.dumps({"test_id": e.test_id, "train_id": e.train_id, **e.to_json(top=args.top)}))
         return 0

@@ -18,7 +18,8 @@ def run(args, overrides) -> int:
         store = run_gradients(args.run, split, target, steps=args.checkpoints, k=args.k,
                               topk_by=args.topk_by, dtype=args.dtype, shard_size=args.shard_size,
                               batch_size=args.batch_size, progress=not args.no_progress,
-                              param_groups=args.param_groups, include_bias=args.include_bias)
+                              param_groups=args.param_groups, include_bias=args.include_bias,
+                              verify=not args.no_verify, overwrite=args.overwrite)
         print_json({"store": str(target), "split": split, "examples": store.num_examples,
                     "checkpoints": [{"step": c.step, "learning_rate": c.learning_rate}
                                     for c in store.checkpoints]})

@@ -18,8 +18,9 @@ def run(args, overrides) -> int:
     no_overrides("score", overrides, "pass method options with --opt key=value")
     mesh_lib.initialize_distributed()
     test_store, train_store = GradientStore(args.test), GradientStore(args.train)
-    context = run_context(args.run) if args.run else None
-    method = get_method(args.method, **method_options(args.opt))
+    context = run_context(args.run, verify=not args.no_verify) if args.run else None
+    method = get_method(args.method, **method_options(args.opt)).prepare(
+        test_store, train_store, context, allow_mismatch=args.allow_mismatch)
     out = Path(args.out)
     if args.merge:
         result = merge([Rankings.load(p) for p in args.merge])

@@ -41,7 +41,8 @@ def plan(args, overrides) -> int:
     run_dir = Path(args.run or Path("runs") / cfg.name)
     manifest = plan_from_run(cfg.sweep, run_dir, Path(args.out), rankings_paths=args.rankings,
                              train_store=args.train_store, test_store=args.test_store,
-                             measure=not args.no_measure, progress=not args.no_progress)
+                             measure=not args.no_measure, progress=not args.no_progress,
+                             verify=not args.no_verify, allow_mismatch=args.allow_mismatch)
     print_json({"manifest": str(Path(args.out) / "manifest.json"), **manifest_summary(manifest),
                 "estimate": manifest.get("estimate")})
     return 0

@@ -69,8 +69,8 @@ def training_fingerprint(setup, epochs: int | None = None) -> str:
     train = dict(cfg["train"])
     if epochs is not None:
         train["epochs"] = int(epochs)
-    train.pop("num_devices", None)
-    train.pop("log_every_steps", None)
+    for key in ("num_devices", "log_every_steps", "allow_nonfinite"):  # no effect on a finite run
+        train.pop(key, None)
     for key in ("checkpoint_every_epochs", "checkpoint_every_steps", "checkpoint_steps"):
         train.pop(key, None)
     payload = {"model": cfg["model"], "tokenizer": cfg["tokenizer"], "train": train,

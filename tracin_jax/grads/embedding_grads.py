@@ -44,7 +44,8 @@ from flax import traverse_util
 from jax.sharding import Mesh, PartitionSpec as P
 
 from tracin_jax.kernels import position_norms, token_vectors_batch
-from tracin_jax.mesh import DATA_AXIS
+from tracin_jax.models import check_token_ids, get_word_embedding_table
+from tracin_jax.mesh import DATA_AXIS, local_rows
 
 BATCH_FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 # CPU micro-batch size in tokens (B_micro * L): 4 x 128 tokens keeps the largest
@@ -116,9 +117,30 @@ def per_example_outputs(model, params, input_ids, attention_mask, token_type_ids
     to ``PARAM_CHUNK_ELEMENTS // P`` rows with ``param_paths``.
     """
     paths = _check_args(mode, micro_batch, param_paths)
+    _check_ids(params, input_ids)
     arrays = dict(zip(BATCH_FIELDS, (input_ids, attention_mask, token_type_ids, labels)))
     return _in_micro_batches(lambda b: _outputs(model, params, b, mode, paths), arrays, micro_batch,
                              _num_params(params, paths))
+
+
+def _check_ids(params, input_ids) -> None:
+    """Host-side id check at every public entry (concrete ids only: inside ``jit`` the model's
+    ``lookup_words`` turns an out-of-table id into NaN, which the callers refuse)."""
+    if isinstance(input_ids, jax.core.Tracer):
+        return
+    if not getattr(input_ids, "is_fully_addressable", True):  # multi-host: this host's rows
+        input_ids = local_rows(input_ids)
+    check_token_ids(input_ids, int(get_word_embedding_table(params).shape[0]))
+
+
+def _checked(fn):
+    """``fn(params, batch)`` with the batch's token ids checked on the host first (cost: one
+    comparison per id, measured in tools/bench_grads.py as ``id_check_s``)."""
+    def call(params, batch):
+        _check_ids(params, batch["input_ids"])
+        return fn(params, batch)
+    call.__wrapped__ = fn
+    return call
 
 
 def _num_params(params, paths) -> int:
@@ -270,7 +292,7 @@ def make_gradient_fn(model, mesh: Mesh, *, k: int | None = None, topk_by: str = 
 
     sharded = jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
                             out_specs=P(DATA_AXIS), check_vma=False)
-    return jax.jit(sharded)
+    return _checked(jax.jit(sharded))
 
 
 def make_single_device_gradient_fn(model, *, k: int | None = None, topk_by: str = "position",
@@ -278,9 +300,9 @@ def make_single_device_gradient_fn(model, *, k: int | None = None, topk_by: str 
                                    micro_batch: int | None = None, param_paths=None) -> Callable:
     """The unsharded twin of :func:`make_gradient_fn` (reference for tests)."""
     paths = _check_args(mode, micro_batch, param_paths)
-    return jax.jit(partial(_records, model, k=k, topk_by=topk_by, mode=mode,
-                           keep_position_grads=keep_position_grads, micro_batch=micro_batch,
-                           param_paths=paths))
+    return _checked(jax.jit(partial(_records, model, k=k, topk_by=topk_by, mode=mode,
+                                    keep_position_grads=keep_position_grads, micro_batch=micro_batch,
+                                    param_paths=paths)))
 
 
 def _check_args(mode, micro_batch, param_paths=None) -> tuple[tuple[str, ...], ...] | None:

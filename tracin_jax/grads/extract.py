@@ -11,6 +11,7 @@ store, and after that (so every process returns the finalized store).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -21,9 +22,11 @@ from flax import traverse_util
 
 from tracin_jax import mesh as mesh_lib
 from tracin_jax.errors import UsageError
+from tracin_jax.files import tree_fingerprint, tree_sha256
 from tracin_jax.grads.embedding_grads import make_gradient_fn
 from tracin_jax.models import check_token_ids
-from tracin_jax.store import GradientStore, GradientStoreWriter
+from tracin_jax.store import GradientStore, GradientStoreWriter, StoreMismatchError
+from tracin_jax.store.gradient_store import discover_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +72,15 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
                       k: int | None = 10, topk_by: str = "position", dtype: str = "float32",
                       shard_size: int = 1024, batch_size: int = 32, mode: str = "vmap",
                       progress: bool = True, param_paths=None,
-                      micro_batch: int | None = None) -> GradientStore:
+                      micro_batch: int | None = None, overwrite: bool = False) -> GradientStore:
     """Writes (or completes) the gradient store of ``encoded`` for every checkpoint.
 
     Args:
-      checkpoints: ``[(step, learning_rate), ...]``.
+      checkpoints: ``[(step, learning_rate), ...]`` or ``[(step, learning_rate,
+        params_fingerprint), ...]``; the fingerprint (``files.tree_fingerprint`` of the
+        checkpoint's parameters, as ``CheckpointStore.fingerprint`` records it) is computed
+        from the restored parameters when not given. The store records it per checkpoint,
+        and scoring refuses stores of different parameters (``methods.shared_checkpoints``).
       restore_params: ``step -> params`` (host arrays).
       fingerprint / split / model_info: identify the store; reopening with other
         values is an error rather than a silent mix.
@@ -85,8 +92,16 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
         grows by ``4·P`` bytes per example and checkpoint.
       micro_batch: rows per device per step (the chunk bounding per-example
         gradient memory); None = automatic (see ``embedding_grads``).
+      overwrite: delete a store already in ``out_dir`` first. Without it, a store made with
+        other arguments (dataset, model, k, dtype, shard size, or other checkpoints than
+        requested) is a ``StoreMismatchError``; one made with the same arguments resumes.
     """
     check_token_ids(np.asarray(encoded.input_ids), vocab_size)
+    checkpoints = [(int(c[0]), float(c[1]), c[2] if len(c) > 2 and c[2] else None) for c in checkpoints]
+    if not checkpoints:
+        raise UsageError("no checkpoints to extract gradients from", "train first, or pass checkpoints")
+    checkpoints = [(step, lr, fp or tree_fingerprint(tree_sha256(restore_params(step))))
+                   for step, lr, fp in checkpoints]
     mesh = mesh_lib.make_local_mesh()
     batch_size = mesh_lib.pad_to_multiple(batch_size, mesh.size)
     info = dict(model_info, topk_by=topk_by)
@@ -108,16 +123,20 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
     writer = None
     try:
         if jax.process_index() == 0:
+            if overwrite and Path(out_dir).exists():
+                log.warning("%s: replacing the existing store (--overwrite)", out_dir)
+                shutil.rmtree(out_dir)
             writer = open_writer()
+            _check_requested(out_dir, writer, [step for step, _, _ in checkpoints])
     finally:
         _barrier("tracin_jax.grads.extract.open")
     writer = writer or open_writer()
     grad_fn = make_gradient_fn(model, mesh, k=k, topk_by=topk_by, mode=mode,
                                param_paths=param_paths, micro_batch=micro_batch)
     todo = {}
-    for step, lr in checkpoints:
-        writer.begin_checkpoint(int(step), float(lr))
-        todo[int(step)] = writer.shards_to_write(int(step))
+    for step, lr, params_fingerprint in checkpoints:
+        writer.begin_checkpoint(step, lr, params_fingerprint=params_fingerprint)
+        todo[step] = writer.shards_to_write(step)
     total = sum(len(v) for v in todo.values())
     skipped = len(checkpoints) * -(-writer.num_examples // shard_size) - total
     if skipped:
@@ -150,6 +169,17 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
     finally:  # if finalize fails, the others find the store unfinalized and raise too
         _barrier("tracin_jax.grads.extract.finalized")
     return GradientStore(out_dir)
+
+
+def _check_requested(out_dir, writer: GradientStoreWriter, steps) -> None:
+    """A store already holding checkpoints that were not requested was made with other
+    arguments: reusing it would silently return those too."""
+    existing = sorted(c.step for c in discover_checkpoints(Path(out_dir)))
+    extra = sorted(set(existing) - set(steps))
+    if extra:
+        raise StoreMismatchError(f"{out_dir} already holds a store of checkpoints {existing}, but "
+                                 f"{sorted(steps)} were requested",
+                                 "use another --out, request the same checkpoints, or pass --overwrite")
 
 
 def _barrier(name: str) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from tracin_jax import mesh as mesh_lib
-from tracin_jax.errors import TracinError
+from tracin_jax.errors import MismatchError, TracinError
 from tracin_jax.store import GradientStore
 
 if TYPE_CHECKING:  # context.py imports this module
@@ -57,6 +57,34 @@ def shared_checkpoints(test_store: GradientStore, train_store: GradientStore):
     return list(train_store.checkpoints)
 
 
+# model_info entries that must agree between a test and a training store (the architecture).
+_MODEL_KEYS = ("kind", "hf_dir", "vocab_size", "num_labels", "hidden_size", "num_hidden_layers", "embed_dim")
+
+
+def check_same_model(test_store: GradientStore, train_store: GradientStore) -> None:
+    """Both stores were computed from the same parameters: equal architecture (``model_info``)
+    and, at every shared checkpoint, equal parameter fingerprints (when both recorded one).
+    Scores between stores of two different models look plausible and are meaningless, so
+    this is an error unless the caller asks for a cross-model study (``allow_mismatch``)."""
+    infos = [s.manifest.get("model_info") or {} for s in (test_store, train_store)]
+    differ = [k for k in _MODEL_KEYS if infos[0].get(k) != infos[1].get(k)]
+    if differ:
+        k = differ[0]
+        raise MismatchError(
+            f"test store {test_store.directory} and train store {train_store.directory} come from different "
+            f"models: {k} is {infos[0].get(k)!r} vs {infos[1].get(k)!r}",
+            "extract both from the same run, or pass --allow-mismatch for a deliberate cross-model study")
+    train_fp = {c.step: getattr(c, "params_fingerprint", None) for c in train_store.checkpoints}
+    for c in test_store.checkpoints:
+        a, b = getattr(c, "params_fingerprint", None), train_fp.get(c.step)
+        if a and b and a != b:
+            raise MismatchError(
+                f"test store {test_store.directory} and train store {train_store.directory} were computed "
+                f"from different parameters at checkpoint {c.step} (fingerprints {a[:12]} vs {b[:12]})",
+                "extract both from the same run's checkpoints, or pass --allow-mismatch for a deliberate "
+                "cross-model study")
+
+
 def store_k(store: GradientStore) -> int | None:
     return store.manifest.get("k")
 
@@ -84,11 +112,16 @@ class Method:
     _binding: tuple | None = None  # (test store, train store, context) of a bound copy
 
     def prepare(self, test_store: GradientStore, train_store: GradientStore,
-                context: RunContext | None = None) -> Method:
-        """A copy of this method bound to the two stores and the run (class docstring)."""
+                context: RunContext | None = None, *, allow_mismatch: bool = False) -> Method:
+        """A copy of this method bound to the two stores and the run (class docstring).
+
+        The stores must come from the same model (``check_same_model``) unless
+        ``allow_mismatch``."""
         key = (str(test_store.directory), str(train_store.directory), id(context))
         if self._binding == key:
             return self
+        if not allow_mismatch:
+            check_same_model(test_store, train_store)
         bound = copy.copy(self)
         bound._bind(test_store, train_store, context)
         bound._binding = key

@@ -146,9 +146,10 @@ def _explanation(method, context, test_records, train_records, weights, test_id,
 
 def explain_pair(method: str | Method, test_store: GradientStore, test_id: int,
                  train_store: GradientStore, train_id: int, *, context=None,
-                 options: dict | None = None) -> PairExplanation:
+                 options: dict | None = None, allow_mismatch: bool = False) -> PairExplanation:
     """Score of one (test, train) pair and the contribution of each shared token."""
-    method = get_method(method, **(options or {})).prepare(test_store, train_store, context)
+    method = get_method(method, **(options or {})).prepare(test_store, train_store, context,
+                                                           allow_mismatch=allow_mismatch)
     weights = method.checkpoint_weights(test_store, train_store)
     steps = [w.step for w in weights]
     test = gather_records(test_store, positions_of(test_store, [test_id]), method.read_fields(), steps)
@@ -186,7 +187,7 @@ class ExplainedTestPoint:
 
 def explain_retrieval(method: str | Method, retrieval: Rankings, test_store: GradientStore,
                       train_store: GradientStore, *, context=None, options: dict | None = None,
-                      top: int | None = None) -> list[ExplainedTestPoint]:
+                      top: int | None = None, allow_mismatch: bool = False) -> list[ExplainedTestPoint]:
     """Word-level explanations of the first ``top`` (default all) proponents and opponents.
 
     The method must be the one that produced ``retrieval``; scores are taken from it.
@@ -194,7 +195,7 @@ def explain_retrieval(method: str | Method, retrieval: Rankings, test_store: Gra
     method = get_method(method, **(options or {}))
     if method.name != retrieval.method:
         raise MethodError(f"retrieval was computed with {retrieval.method!r}, not {method.name!r}")
-    method = method.prepare(test_store, train_store, context)
+    method = method.prepare(test_store, train_store, context, allow_mismatch=allow_mismatch)
     weights = method.checkpoint_weights(test_store, train_store)
     steps = [w.step for w in weights]
     top = retrieval.k if top is None else min(int(top), retrieval.k)

@@ -101,8 +101,9 @@ def check_finite_scores(method: str, scores: np.ndarray, test_ids, train_ids, st
             "from finite checkpoints")
 
 
-def _prepare(method, test_store, train_store, context, options):
-    method = get_method(method, **(options or {})).prepare(test_store, train_store, context)
+def _prepare(method, test_store, train_store, context, options, allow_mismatch=False):
+    method = get_method(method, **(options or {})).prepare(test_store, train_store, context,
+                                                           allow_mismatch=allow_mismatch)
     weights = method.checkpoint_weights(test_store, train_store)
     test_blocks = {w.step: _read_block(test_store, w.step, method.read_fields()) for w in weights}
     return method, weights, test_blocks
@@ -151,7 +152,8 @@ def _shards_of_part(num_shards: int, part: tuple[int, int] | None) -> list[int]:
 def top_k(method: str | Method, test_store: GradientStore, train_store: GradientStore, k: int, *,
           context=None, mesh: Mesh | None = None, candidates: Sequence[int] | None = None,
           per_test_candidates=None, part: tuple[int, int] | None = None,
-          options: dict | None = None, gather: bool = True, progress: bool = False) -> Rankings:
+          options: dict | None = None, gather: bool = True, progress: bool = False,
+          allow_mismatch: bool = False) -> Rankings:
     """Top-``k`` proponents and opponents of every test point, streamed shard by shard.
 
     Args:
@@ -165,13 +167,14 @@ def top_k(method: str | Method, test_store: GradientStore, train_store: Gradient
       part: ``(i, n)`` scores only training shards ``s % n == i`` (merge the parts
         with ``merge``). Default ``(process_index, process_count)``; with several
         processes and ``gather``, every process returns the merged result.
+      allow_mismatch: score stores of different models (``methods.base.check_same_model``).
     Returns: ``Rankings`` with ``[M, k]`` rankings (fewer candidates than k leave
       trailing -1 / ∓inf slots).
     """
     if isinstance(k, bool) or int(k) < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     k = int(k)
-    method, weights, test_blocks = _prepare(method, test_store, train_store, context, options)
+    method, weights, test_blocks = _prepare(method, test_store, train_store, context, options, allow_mismatch)
     first = test_blocks[weights[0].step]
     test_ids = first["example_id"].astype(np.int64)
     restriction = _candidate_ids(test_ids, candidates, per_test_candidates)
@@ -274,9 +277,10 @@ class ScoreMatrix:
 
 
 def score_matrix(method: str | Method, test_store: GradientStore, train_store: GradientStore, *,
-                 context=None, mesh: Mesh | None = None, options: dict | None = None) -> ScoreMatrix:
+                 context=None, mesh: Mesh | None = None, options: dict | None = None,
+                 allow_mismatch: bool = False) -> ScoreMatrix:
     """Every score at once (small sets): the whole training store scored as one block."""
-    method, weights, test_blocks = _prepare(method, test_store, train_store, context, options)
+    method, weights, test_blocks = _prepare(method, test_store, train_store, context, options, allow_mismatch)
     block, scores = _weighted_scores(method, test_blocks, train_store, weights, None, mesh)
     return ScoreMatrix(test_ids=test_blocks[weights[0].step]["example_id"].astype(np.int64),
                        train_ids=block["example_id"].astype(np.int64), scores=scores)

@@ -18,12 +18,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from tracin_jax.models.bert import BertClassifier, BertConfig
 from tracin_jax.models.cnn import CNNClassifier, CNNConfig
 from tracin_jax.models.groups import is_bias, parameter_groups, select
-from tracin_jax.models.outputs import WORD_EMBEDDING_PATH, ModelOutput
+from tracin_jax.models.outputs import WORD_EMBEDDING_PATH, ModelOutput, check_token_ids, lookup_words
 
 # RoBERTa-base values for fields a 'roberta' model config leaves unset.
 _ROBERTA_DEFAULTS = dict(type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1,
@@ -74,26 +73,6 @@ def init_params(model, rng: jax.Array, seq_len: int) -> dict:
     return variables["params"]
 
 
-def check_token_ids(input_ids: np.ndarray, vocab_size: int) -> None:
-    """Host-side check that every id indexes the embedding table (0 <= id < vocab_size).
-
-    JAX gathers never fail on bad indices, so without this an id past the table
-    (the authors' notebook fed 30,521 ids into a 25,000-row table) would silently
-    read garbage. Raises ValueError naming the worst offending id and the table size.
-    """
-    ids = np.asarray(input_ids)
-    if not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
-    if ids.size == 0:
-        return
-    bad = (ids < 0) | (ids >= vocab_size)
-    if bad.any():
-        worst = int(ids.max()) if ids.max() >= vocab_size else int(ids.min())
-        raise ValueError(
-            f"token id {worst} is outside the embedding table of {vocab_size} rows "
-            f"(valid ids 0..{vocab_size - 1}; {int(bad.sum())} ids out of range)")
-
-
 def get_word_embedding_table(params) -> jax.Array:
     """The word-embedding table E: [vocab, D]."""
     node = params
@@ -104,6 +83,6 @@ def get_word_embedding_table(params) -> jax.Array:
 
 __all__ = [
     "ModelOutput", "WORD_EMBEDDING_PATH", "BertClassifier", "BertConfig", "CNNClassifier",
-    "CNNConfig", "build_model", "init_params", "check_token_ids", "get_word_embedding_table",
+    "CNNConfig", "build_model", "init_params", "check_token_ids", "lookup_words", "get_word_embedding_table",
     "parameter_groups", "is_bias", "select",
 ]

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tracin_jax.models.outputs import ModelOutput
+from tracin_jax.models.outputs import ModelOutput, lookup_words
 
 MODEL_TYPES = ("bert", "roberta")
 ACTIVATIONS = {
@@ -173,8 +173,8 @@ class BertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def embed_words(self, input_ids: jax.Array) -> jax.Array:
-        """E[x]: [B, L] int -> [B, L, H] float32."""
-        return self.word_embeddings(input_ids)
+        """E[x]: [B, L] int -> [B, L, H] float32 (ids checked: ``models.lookup_words``)."""
+        return lookup_words(self.word_embeddings, input_ids, self.config.vocab_size)
 
     def __call__(self, word_embeds, attention_mask, token_type_ids, deterministic):
         """word_embeds [B, L, H] (= E[x] or a replacement) -> [B, L, H] compute dtype."""

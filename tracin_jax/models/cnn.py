@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tracin_jax.models.outputs import ModelOutput
+from tracin_jax.models.outputs import ModelOutput, lookup_words
 from tracin_jax.models.bert import COMPUTE_DTYPES
 
 
@@ -57,7 +57,7 @@ class _WordEmbeddings(nn.Module):
                                         dtype=jnp.float32)
 
     def __call__(self, input_ids):
-        return self.word_embeddings(input_ids)
+        return lookup_words(self.word_embeddings, input_ids, self.config.vocab_size)
 
 
 class CNNClassifier(nn.Module):

@@ -38,11 +38,11 @@ log = logging.getLogger(__name__)
 def cancellation_of_run(run_dir: str | Path, *, split: str = "train", num_examples: int = 256,
                 seed: int = 0, steps: str | Sequence[int] | None = None,
                 groups: Sequence[str] | None = None, setup=None, progress: bool = False,
-                chunk_size: int | None = None) -> CancellationReport:
+                chunk_size: int | None = None, verify: bool = True) -> CancellationReport:
     """``tracin-jax analyze cancellation``: a seeded sample of ``split`` over the run's checkpoints."""
     run_dir = Path(run_dir)
     setup = setup or load_run(run_dir)
-    store = CheckpointStore(run_dir / "checkpoints")
+    store = CheckpointStore(run_dir / "checkpoints", verify=verify)
     try:
         infos = {c.step: c.learning_rate for c in store.infos()}
         if not infos:
@@ -66,7 +66,7 @@ def clusters_of_run(run_dir: str | Path, out_dir: str | Path, *, num_models: int
                   epochs: int | None = None, min_error_rate: float = MIN_ERROR_RATE, hard_positions: Sequence[int] | None = None,
                   method: str = "tracin_we", threshold: float = DISTANCE_THRESHOLD,
                   min_size: int = MIN_CLUSTER_SIZE, linkage: str = "average", top: int = 5,
-                  setup=None, progress: bool = False) -> ClusterReport:
+                  setup=None, progress: bool = False, verify: bool = True) -> ClusterReport:
     """The appendix-A pipeline on a training run; writes ``hardness.json`` and the store under ``out_dir``.
 
     ``hard_positions`` (training-split rows) skips the N-model selection. ``epochs``: training
@@ -104,8 +104,8 @@ def clusters_of_run(run_dir: str | Path, out_dir: str | Path, *, num_models: int
     texts_of_hard = setup.texts["train"].subset(hard)
     store, texts, encoded = subset_gradients(  # one store per set of hard examples
         setup, run_dir, "train", hard, HARD_SPLIT, out / f"grads-{texts_of_hard.fingerprint()[:12]}",
-        k=k, dtype="float32", progress=progress)
-    context = run_context(run_dir, setup=setup)
+        k=k, dtype="float32", progress=progress, verify=verify)
+    context = run_context(run_dir, setup=setup, verify=verify)
     context.add_split(HARD_SPLIT, texts, encoded)
     m = get_method(method)
     matrix = score_matrix(m, store, store, context=context, mesh=mesh)

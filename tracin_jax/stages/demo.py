@@ -98,6 +98,7 @@ def score_and_report(setup, run_dir: Path, out: Path, *, progress: bool = True) 
     name, options = we_method_name(train_store.manifest.get("k"))
     summary = {}
     extra = {}
+    marks, train_marks, more_tests = {}, {}, []
     if "ground_truth" in setup.extras:
         precision = trigger_precision(setup, run_dir, train_store, out / "grads" / "eval_triggers",
                                       mesh=mesh, progress=progress)
@@ -105,9 +106,23 @@ def score_and_report(setup, run_dir: Path, out: Path, *, progress: bool = True) 
               + ", ".join(f"{m} {p:.3f}" for m, p in precision.items()))
         summary["trigger_precision_at_10"] = precision
         extra = {f"trigger precision@{PRECISION_K}": ", ".join(f"{m} {p:.3f}" for m, p in precision.items())}
+        # The trigger test points (the ones the precision is about) join the report, marked,
+        # and so do the planted training examples and flipped labels among the neighbours.
+        truth = setup.extras["ground_truth"]
+        rows = np.flatnonzero(np.isin(setup.texts["eval"].ids, list(trigger_relevance(truth))))
+        trigger_store = GradientStore(out / "grads" / "eval_triggers")  # written by trigger_precision
+        context.add_split("eval_triggers", setup.texts["eval"].subset(rows), setup.eval.subset(rows))
+        more_tests = [(top_k(name, trigger_store, train_store, DEMO_TOP, options=options, context=context,
+                             mesh=mesh), trigger_store)]
+        marks = {int(e): f"trigger {t['token']}" for t in truth["triggers"] for e in t["eval_ids"]}
+        train_marks = {int(i): f"planted {t['token']}" for t in truth["triggers"] for i in t["train_ids"]}
+        train_marks.update({int(i): f"planted opponent {t['token']}" for t in truth["triggers"]
+                            for i in t.get("opponent_train_ids", ())})
+        train_marks.update({int(i): "flipped" for i in truth.get("flipped_train_ids", ())})
     result = top_k(name, test_store, train_store, DEMO_TOP, options=options, context=context, mesh=mesh)
     report = write_outputs(out / "scores", result, name, test_store, train_store, context=context,
-                           options=options, html_top=DEMO_TOP, extra=extra)
+                           options=options, html_top=DEMO_TOP, extra=extra, marks=marks,
+                           train_marks=train_marks, more_tests=more_tests)
     print(f"[demo] {name}: top {DEMO_TOP} proponents/opponents of {len(result.test_ids)} test points "
           f"-> {out / 'scores' / 'scores.jsonl'}, report {report['html']}")
     summary["scores"] = str(out / "scores")

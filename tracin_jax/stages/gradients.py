@@ -55,11 +55,11 @@ def model_info(setup: RunSetup) -> dict[str, Any]:
             "num_hidden_layers": m.get("num_hidden_layers"), "embed_dim": m.get("embed_dim")}
 
 
-def run_context(run_dir: str | Path, setup: RunSetup | None = None) -> RunContext:
-    """``RunContext`` of a run directory: its model, checkpoints, tokenizer and the splits
-    train / eval / test, rebuilt on demand."""
+def run_context(run_dir: str | Path, setup: RunSetup | None = None, *, verify: bool = True) -> RunContext:
+    """``RunContext`` of a run directory: its model, checkpoints (digests verified unless
+    ``verify=False``), tokenizer and the splits train / eval / test, rebuilt on demand."""
     setup = setup or load_run(run_dir)
-    checkpoints = CheckpointStore(Path(run_dir) / "checkpoints")
+    checkpoints = CheckpointStore(Path(run_dir) / "checkpoints", verify=verify)
 
     def load_split(name: str) -> SplitData:
         ex = split_examples(setup, name)
@@ -84,21 +84,23 @@ def _normalize_k(k) -> int | None:
 
 def _extract(setup: RunSetup, run_dir: Path, texts: TextDataset, encoded: EncodedDataset, split: str,
              out_dir: Path, *, steps=None, k=None, topk_by=None, dtype=None, shard_size=None,
-             batch_size=None, progress=True, param_paths=None, micro_batch=None) -> GradientStore:
+             batch_size=None, progress=True, param_paths=None, micro_batch=None,
+             verify: bool = True, overwrite: bool = False) -> GradientStore:
     g = setup.cfg.grads
-    checkpoints = CheckpointStore(Path(run_dir) / "checkpoints")
+    checkpoints = CheckpointStore(Path(run_dir) / "checkpoints", verify=verify)
     try:
         infos = {c.step: c.learning_rate for c in checkpoints.infos()}
         if not infos:
             raise UsageError(f"no checkpoints in {Path(run_dir) / 'checkpoints'}", "train first")
         chosen = parse_steps(steps, infos)
         return extract_gradients(
-            setup.model, [(s, infos[s]) for s in chosen], checkpoints.restore_params, encoded, out_dir,
+            setup.model, [(s, infos[s], checkpoints.fingerprint(s)) for s in chosen],
+            checkpoints.restore_params, encoded, out_dir,
             fingerprint=texts.fingerprint(), split=split, model_info=model_info(setup),
             vocab_size=int(setup.cfg.model.vocab_size), k=_normalize_k(g.k if k is None else k),
             topk_by=topk_by or g.topk_by, dtype=dtype or g.dtype, shard_size=int(shard_size or g.shard_size),
             batch_size=int(batch_size or g.batch_size), mode=g.mode, progress=progress,
-            param_paths=param_paths, micro_batch=micro_batch)
+            param_paths=param_paths, micro_batch=micro_batch, overwrite=overwrite)
     finally:
         checkpoints.close()
 
@@ -106,13 +108,15 @@ def _extract(setup: RunSetup, run_dir: Path, texts: TextDataset, encoded: Encode
 def run_gradients(run_dir: str | Path, split: str, out_dir: str | Path, *, steps=None, k=None,
                   topk_by=None, dtype=None, shard_size=None, batch_size=None, progress=True,
                   setup: RunSetup | None = None, param_groups=None, include_bias: bool = False,
-                  micro_batch: int | None = None) -> GradientStore:
+                  micro_batch: int | None = None, verify: bool = True,
+                  overwrite: bool = False) -> GradientStore:
     """``tracin-jax grads``: gradient store of one split over a run's checkpoints.
 
     Unset options take the run's ``cfg.grads`` values. ``param_groups``: names of
     ``models.parameter_groups`` (or ``"all"``) whose per-example gradients are stored too
     (field ``param_grads``, same pass; biases only with ``include_bias``).
-    ``micro_batch``: rows per device per step.
+    ``micro_batch``: rows per device per step. ``verify=False`` skips the checkpoints'
+    digest check; ``overwrite`` replaces a store in ``out_dir`` made with other arguments.
     """
     run_dir = Path(run_dir)
     setup = setup or load_run(run_dir)
@@ -125,12 +129,13 @@ def run_gradients(run_dir: str | Path, split: str, out_dir: str | Path, *, steps
         paths = group_paths(setup.params, names, include_bias)
     return _extract(setup, run_dir, ex.texts, ex.encoded, split, Path(out_dir), steps=steps, k=k,
                     topk_by=topk_by, dtype=dtype, shard_size=shard_size, batch_size=batch_size,
-                    progress=progress, param_paths=paths, micro_batch=micro_batch)
+                    progress=progress, param_paths=paths, micro_batch=micro_batch, verify=verify,
+                    overwrite=overwrite)
 
 
 def subset_gradients(setup: RunSetup, run_dir: str | Path, split: str, rows, name: str,
-                     out_dir: str | Path, *, k="config", dtype=None,
-                     progress: bool = False) -> tuple[GradientStore, TextDataset, EncodedDataset]:
+                     out_dir: str | Path, *, k="config", dtype=None, progress: bool = False,
+                     verify: bool = True) -> tuple[GradientStore, TextDataset, EncodedDataset]:
     """Gradient store of the examples at ``rows`` of ``split`` ('train' or 'eval'), over every
     checkpoint, with the run's ``cfg.grads`` settings (``k="config"``) or the given ``k``.
 
@@ -144,5 +149,5 @@ def subset_gradients(setup: RunSetup, run_dir: str | Path, split: str, rows, nam
     texts, encoded = setup.texts[split].subset(rows), getattr(setup, split).subset(rows)
     store = _extract(setup, Path(run_dir), texts, encoded, name, Path(out_dir),
                      k=setup.cfg.grads.k if k == "config" else (0 if k is None else k), dtype=dtype,
-                     progress=progress)
+                     progress=progress, verify=verify)
     return store, texts, encoded

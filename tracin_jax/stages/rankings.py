@@ -54,7 +54,8 @@ def method_options(name: str, store: GradientStore) -> tuple[str, dict]:
 
 
 def rank(method: str, test_store: GradientStore, train_store: GradientStore, depth: int, *,
-         context=None, mesh=None, with_tokens: bool = False, per_test_candidates=None) -> Rankings:
+         context=None, mesh=None, with_tokens: bool = False, per_test_candidates=None,
+         allow_mismatch: bool = False) -> Rankings:
     """Top-``depth`` proponents/opponents via ``methods.top_k``; with ``with_tokens``, each
     neighbour's most negative token (decomposable methods; ``explain_retrieval``).
     ``method="random"`` is the random-removal control (``random_rankings``)."""
@@ -64,10 +65,10 @@ def rank(method: str, test_store: GradientStore, train_store: GradientStore, dep
         return random_rankings(test_store, store_ids(train_store)[0], int(depth))
     name, options = method_options(method, train_store)
     rankings = top_k(name, test_store, train_store, int(depth), context=context, mesh=mesh,
-                     options=options, per_test_candidates=per_test_candidates)
+                     options=options, per_test_candidates=per_test_candidates, allow_mismatch=allow_mismatch)
     if with_tokens and get_method(name, **options).decomposable:
         reports = explain_retrieval(name, rankings, test_store, train_store, context=context,
-                                    options=options)
+                                    options=options, allow_mismatch=allow_mismatch)
         tokens = {kind: np.full(rankings.ranking(kind).ids.shape, NO_TOKEN, np.int32) for kind in KINDS}
         for i, report in enumerate(reports):
             for kind in KINDS:
@@ -79,10 +80,11 @@ def rank(method: str, test_store: GradientStore, train_store: GradientStore, dep
 
 
 def full_scores(method: str, test_store: GradientStore, train_store: GradientStore, *, context=None,
-                mesh=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                mesh=None, allow_mismatch: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(test_ids [M], train_ids [N], scores [M, N] float32)`` of every pair."""
     name, options = method_options(method, train_store)
-    m = score_matrix(name, test_store, train_store, context=context, mesh=mesh, options=options)
+    m = score_matrix(name, test_store, train_store, context=context, mesh=mesh, options=options,
+                     allow_mismatch=allow_mismatch)
     return np.asarray(m.test_ids), np.asarray(m.train_ids), np.asarray(m.scores, np.float32)
 
 

@@ -48,8 +48,8 @@ def select_fix_points(setup, probs: np.ndarray, num_points: int, p_low: float, p
     return np.sort(np.random.default_rng(seed).choice(candidates, num_points, replace=False))
 
 
-def final_params(run_dir: Path):
-    store = CheckpointStore(Path(run_dir) / "checkpoints")
+def final_params(run_dir: Path, verify: bool = True):
+    store = CheckpointStore(Path(run_dir) / "checkpoints", verify=verify)
     step = store.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoints in {run_dir}/checkpoints: train first")
@@ -62,7 +62,8 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
                   rankings: dict | None = None, rankings_paths: Sequence[str | Path] = (),
                   train_store=None, test_store=None, lds_stores: dict | None = None, setup=None,
                   context=None, mesh=None, measure: bool = True, progress: bool = False,
-                  echo: Callable[[str], None] | None = print) -> dict:
+                  echo: Callable[[str], None] | None = print, verify: bool = True,
+                  allow_mismatch: bool = False) -> dict:
     """Plans a sweep of run ``run_dir`` into ``out_dir/manifest.json``; returns the manifest.
 
     Args:
@@ -73,6 +74,7 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
       lds_stores: method -> ``(test_store, train_store)`` for that method's LDS score matrix
         (e.g. exact stores for tracin_we, top-k ones for tracin_we_topk); default the two above.
       measure: time a few replica steps for the cost estimate.
+      verify: check the checkpoints' digests; allow_mismatch: rank with stores of other models.
     """
     say = echo or (lambda s: None)
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -82,7 +84,7 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
     train_store = GradientStore(train_store) if isinstance(train_store, (str, Path)) else train_store
     test_store = GradientStore(test_store) if isinstance(test_store, (str, Path)) else test_store
     if context is None and (train_store is not None):
-        context = run_context(run_dir, setup=setup)
+        context = run_context(run_dir, setup=setup, verify=verify)
 
     ranked = dict(rankings or {})
     for path in rankings_paths:
@@ -96,7 +98,8 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
             raise UsageError(f"no rankings for {method!r}", "pass its tracin-jax score output "
                              "(--rankings) or the gradient stores (--train-store, --test-store)")
         say(f"[sweep] ranking the test points with {method} (top {depth})")
-        ranked[method] = rank(method, test_store, train_store, depth, context=context, mesh=mesh)
+        ranked[method] = rank(method, test_store, train_store, depth, context=context, mesh=mesh,
+                              allow_mismatch=allow_mismatch)
 
     lds_files, self_files = {}, {}
     if int(sweep_cfg.lds.num_subsets) > 0:
@@ -106,7 +109,8 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
             test_s, train_s = (lds_stores or {}).get(method, (test_store, train_store))
             if train_s is None or test_s is None:
                 raise UsageError("sweep.lds needs the full score matrices", "pass --train-store and --test-store")
-            test_ids, train_ids, scores = full_scores(method, test_s, train_s, context=context, mesh=mesh)
+            test_ids, train_ids, scores = full_scores(method, test_s, train_s, context=context, mesh=mesh,
+                                                     allow_mismatch=allow_mismatch)
             cols = positions_of_ids(train_ids, setup.train.ids, "training")  # columns in training-row order
             rel = f"lds/{method}.npz"
             atomic_save_npz(out_dir / rel, test_ids=test_ids, train_ids=np.asarray(setup.train.ids),
@@ -128,7 +132,7 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
     if int(sweep_cfg.fix.num_points) > 0:
         if train_store is None:
             raise UsageError("targeted fixing ranks new test points", "pass --train-store")
-        probs = predict_proba(setup.model, final_params(run_dir), setup.eval,
+        probs = predict_proba(setup.model, final_params(run_dir, verify), setup.eval,
                               int(setup.cfg.train.eval_batch_size), mesh_lib.make_local_mesh())
         fix_cfg = sweep_cfg.fix
         rows = select_fix_points(setup, probs, int(fix_cfg.num_points), float(fix_cfg.p_low),
@@ -136,12 +140,12 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
         if len(rows):
             say(f"[sweep] targeted fixing: {len(rows)} misclassified points; extracting their gradients")
             store, texts, encoded = subset_gradients(setup, run_dir, "eval", rows, "eval_fix",
-                                                     out_dir / "fix_grads", progress=progress)
+                                                     out_dir / "fix_grads", progress=progress, verify=verify)
             if context is not None:
                 context.add_split("eval_fix", texts, encoded)
             fix_depth = max(int(k) for k in fix_cfg.k_grid)
             fix_rankings = {m: rank(m, store, train_store, fix_depth, context=context, mesh=mesh,
-                                   with_tokens="pad" in fix_cfg.kinds)
+                                   with_tokens="pad" in fix_cfg.kinds, allow_mismatch=allow_mismatch)
                             for m in fix_cfg.methods}
 
     manifest = plan_sweep(setup, run_dir, ranked, sweep_cfg, fix_rankings=fix_rankings,

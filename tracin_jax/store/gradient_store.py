@@ -640,7 +640,7 @@ class GradientStoreWriter:
         Run once all processes have finished writing. Raises `CorruptShardError`
         naming the first missing or corrupt file.
         """
-        checkpoints = _discover_checkpoints(self.directory)
+        checkpoints = discover_checkpoints(self.directory)
         if not checkpoints:
             raise ValueError(f"{self.directory} has no checkpoints to finalize")
         schema = None
@@ -663,7 +663,7 @@ def _checkpoint_info(meta: Mapping[str, Any]) -> CheckpointInfo:
                           meta.get("params_fingerprint"))
 
 
-def _discover_checkpoints(directory: Path) -> list[CheckpointInfo]:
+def discover_checkpoints(directory: Path) -> list[CheckpointInfo]:
     return [_checkpoint_info(read_json(meta_file, "checkpoint metadata"))
             for meta_file in sorted(Path(directory).glob(f"ckpt_*/{CHECKPOINT_META}"))]
 
@@ -687,7 +687,7 @@ class GradientStore:
         if self.manifest["complete"]:
             self.checkpoints = [_checkpoint_info(c) for c in self.manifest["checkpoints"]]
         elif allow_incomplete:
-            self.checkpoints = _discover_checkpoints(self.directory)
+            self.checkpoints = discover_checkpoints(self.directory)
         else:
             raise ValueError(f"store {self.directory} is not finalized; call "
                              "GradientStoreWriter.finalize() or pass allow_incomplete=True")
