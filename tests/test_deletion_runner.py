@@ -241,3 +241,63 @@ def test_load_rankings_reads_score_outputs(planned, tmp_path):
     assert load_rankings(tmp_path).negative_tokens["opponents"][0].tolist() == list(range(7, 13))
     with pytest.raises(DataError, match="not found"):
         load_rankings(tmp_path / "nope")
+
+
+_WORKER = """
+import json, sys
+from tracin_jax.deletion.runner import run_sweep
+print("SUMMARY " + json.dumps(run_sweep(sys.argv[1], progress=False, echo=None, replicas=2)))
+"""
+
+
+def test_two_workers_on_one_manifest_split_the_jobs(planned, tmp_path):
+    """Two real processes started on one manifest (a preemptible fleet): every job runs exactly
+    once, through the O_EXCL claims; a rerun finds everything finished."""
+    import subprocess
+    import sys
+    root, _, _, manifest = planned
+    sweep_dir = write(root, "two_workers", dict(manifest, jobs=manifest["jobs"][:10]))
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(sweep_dir)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    summaries = [json.loads(next(line for line in o[0].splitlines() if line.startswith("SUMMARY"))[8:])
+                 for o in outs]
+    assert sum(s["done"] for s in summaries) == 10 and sum(s["failed"] for s in summaries) == 0
+    assert len(list((sweep_dir / "results").glob("*.json"))) == 10
+    assert not list((sweep_dir / "claims").glob("*.json"))  # released
+
+
+def test_claims_skip_live_and_take_over_stale(planned):
+    root, setup, _, manifest = planned
+    sweep_dir = write(root, "claims", dict(manifest, jobs=manifest["jobs"][:3]))
+    live, stale = manifest["jobs"][0]["id"], manifest["jobs"][1]["id"]
+    other = runner_lib.Claims(sweep_dir, lease_s=600)
+    assert other.try_claim(live) and other.try_claim(stale)
+    old = os.stat(other.path(stale)).st_mtime - 3600  # that worker stopped heart-beating an hour ago
+    os.utime(other.path(stale), (old, old))
+    out = runner_lib.run_sweep(sweep_dir, setup=setup, echo=None, progress=False)
+    assert out["done"] == 2 and out["claimed_elsewhere"] == 1  # the stale one taken over, the live one not
+    assert runner_lib.is_finished(sweep_dir, stale) and not runner_lib.is_finished(sweep_dir, live)
+    assert other.path(live).exists()
+
+
+def test_bad_result_files_are_rerun_and_reported(planned, capsys):
+    root, setup, _, manifest = planned
+    small = dict(manifest, jobs=manifest["jobs"][:3])
+    sweep_dir = write(root, "bad_results", small)
+    runner_lib.run_sweep(sweep_dir, setup=setup, echo=None, progress=False)
+    first, second = (runner_lib.result_path(sweep_dir, j["id"]) for j in small["jobs"][:2])
+    first.write_text(first.read_text()[:40])  # truncated
+    record = json.loads(second.read_text())
+    record["gold_prob"] = record["gold_prob"] + [0.5]  # one value more than eval ids
+    second.write_text(json.dumps(record))
+    with pytest.raises(DataError, match="2 result files are bad") as e:
+        runner_lib.load_results(sweep_dir, small)
+    assert first.name in str(e.value) and second.name in str(e.value) and "gold_prob" in str(e.value)
+    from tracin_jax import cli
+    assert cli.main(["sweep", "report", "--manifest", str(sweep_dir), "--no-plots"]) == 1
+    assert "result files are bad" in capsys.readouterr().err
+    out = runner_lib.run_sweep(sweep_dir, setup=setup, echo=None, progress=False)
+    assert out["done"] == 2 and out["finished_before"] == 1  # both re-run
+    assert len(runner_lib.load_results(sweep_dir, small)) == 3

@@ -109,7 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.sweep.test_points_per_class = ml_collections.FieldReference(None, field_type=int)  # None: all ranked
     cfg.sweep.test_points_seed = 0
     cfg.sweep.epochs = ml_collections.FieldReference(None, field_type=int)  # None: train.epochs
-    cfg.sweep.replicas = 0  # retrainings per vmapped program; 0: as many as fit in memory
+    cfg.sweep.replicas = 0  # retrainings per program; 0: one per device on CPU (results as each ends), else as many as fit in memory
     cfg.sweep.max_replicas = 64
     cfg.sweep.memory_fraction = 0.5  # of each device's memory, when sizing replicas
     cfg.sweep.steps_per_call = 256  # training steps per device call (lax.scan length)
@@ -118,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.sweep.heldout_size = 2000  # held-out accuracy per retrain; 0: every non-test eval example
     cfg.sweep.bootstrap = 1000  # appendix F: bootstrap samples for standard deviations
     cfg.sweep.max_attempts = 3  # a failing job is retried by later runs up to this many times
+    # Workers on one manifest claim jobs; a claim not refreshed (every lease/3 s) for this
+    # long belongs to a dead or preempted worker and is taken over.
+    cfg.sweep.claim_lease_s = 600.0
     cfg.sweep.lds = ml_collections.ConfigDict()
     cfg.sweep.lds.num_subsets = 0  # linear datamodeling score; 0: off
     cfg.sweep.lds.alpha = 0.5  # share of the training set kept in each subset

@@ -35,6 +35,7 @@ import dataclasses
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -210,6 +211,10 @@ class ReplicaTrainer:
         self._init_fn = init_fn or (lambda seed: initial_params(cfg, model, seed))
         self._init_cache: dict[int, Any] = {}
         self._data = None
+        # Seconds of the last ``train`` call: ``steps_s`` in device calls for training steps
+        # (with their loss read-back), ``compile_s`` of those spent compiling new programs.
+        self.last_timing: dict[str, float] = {}
+        self._compiled: set = set()  # (scan length, width, edits, replicas) already called once
         # What the compiled programs depend on besides shapes (the cache key).
         traced = {k: v for k, v in train_cfg.to_dict().items() if k not in _HOST_SIDE_TRAIN_FIELDS}
         self._program_key = (model, json.dumps(traced, sort_keys=True, default=list), self.pad_id, self.mesh)
@@ -287,6 +292,7 @@ class ReplicaTrainer:
         for s in specs:
             if len(s.keep) != self.n:
                 raise ValueError(f"keep mask of {len(s.keep)} rows for a training set of {self.n}")
+        self.last_timing = {"steps_s": 0.0, "compile_s": 0.0}
         if len(specs) > 1 and self.num_devices == 1 and self.vmap_width_for(len(specs)) == 1:
             runs = [self._train_group([spec], max_steps, progress) for spec in specs]
             return ReplicaRun(params=jax.tree.map(lambda *xs: jnp.concatenate(xs), *[r.params for r in runs]),
@@ -323,11 +329,19 @@ class ReplicaTrainer:
             epoch_calls = plan_calls(active, widths, chunk)
             calls = calls or len(epoch_calls) * epochs  # progress total, from the first epoch
             pending = []  # (device loss, active): read back after the epoch, no sync per call
+            t_epoch = time.perf_counter()
             for start, stop, width in epoch_calls:
                 c_active = active[start:stop]
                 program = self.train_program(with_edits, r_total, width)
-                states, loss = program(states, data, self._put_replicas(idx[start:stop], axis=1),
-                                       self._put_replicas(c_active, axis=1), seeds, totals, edits)
+                c_idx, c_act = self._put_replicas(idx[start:stop], axis=1), self._put_replicas(c_active, axis=1)
+                if (stop - start, width, with_edits, r_total) not in self._compiled:  # first call compiles
+                    t_compile = time.perf_counter()
+                    states, loss = program(states, data, c_idx, c_act, seeds, totals, edits)
+                    jax.block_until_ready(loss)
+                    self.last_timing["compile_s"] += time.perf_counter() - t_compile
+                    self._compiled.add((stop - start, width, with_edits, r_total))
+                else:
+                    states, loss = program(states, data, c_idx, c_act, seeds, totals, edits)
                 pending.append((loss, c_active))
                 done += 1
                 if progress is not None:
@@ -336,6 +350,7 @@ class ReplicaTrainer:
                 loss = np.asarray(loss)
                 for r in range(r_total):
                     losses[r].extend(loss[c_active[:, r], r].tolist())
+            self.last_timing["steps_s"] += time.perf_counter() - t_epoch
         steps = np.asarray(jax.device_get(states.step), np.int64)
         if not np.array_equal(steps, total):
             raise RuntimeError(f"replica step counts {steps.tolist()} != planned {total.tolist()}")
