@@ -2,9 +2,10 @@
 
     python experiments/summarize.py [--out experiments/out]
 
-For each experiment directory found: the deletion table (AUC-DEL± ± bootstrap std,
-with the baseline and the number of retrainings), the cancellation table, and the
-cluster summary. Missing experiments are skipped with a note. ``--figures DIR`` also
+For each experiment directory found: the deletion table (AUC-DEL± with its bootstrap
+interval over test points and seeds, [r/n] counts, paired differences between methods,
+the baseline and the number of retrainings), the cancellation table, and the cluster
+summary. Missing experiments are skipped with a note. ``--figures DIR`` also
 writes the README figures (deletion curves titled by experiment, cancellation bars).
 """
 from __future__ import annotations
@@ -25,39 +26,86 @@ NAMES = {"tracin_layer[word_embedding]": "TR-first (word emb.)", "tracin_layer[c
          "tracin_we_noc": "TR-WE-NoC", "tracin_common": "TR-common"}
 
 
-def per_test_cell(d: dict, sign: str) -> str:
-    """AUC-DEL ± standard error over test points [number moved the right way]."""
+def with_intervals(summary: dict, *, replicates: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """``summary`` as ``sweep report`` writes it now. A summary written before intervals
+    existed gets them from its ``auc_del_per_test`` values: a percentile bootstrap over test
+    points (paired: the same draws for every method and sign), the [r/n] counts and the
+    paired differences; its appendix-F std is kept only where measured (two seeds)."""
     import numpy as np
 
-    values = np.asarray(list(d["auc_del_per_test"].values()), float)
-    values = values[np.isfinite(values)]  # a test point whose retrainings are not all in yet
-    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    right = int(np.sum(values < 0 if sign == "+" else values > 0))
-    return f"{d['auc_del']:+.3f} ± {se:.3f} [{right}/{len(values)}]"
+    from tracin_jax.deletion import metrics
+    from tracin_jax.deletion.power import method_pairs
+
+    if "differences" in summary and all("auc_del_ci" in summary["deletion"][m][g]
+                                        for m in summary["methods"] for g in summary["signs"]):
+        return summary
+    out = json.loads(json.dumps(summary))
+    methods, signs = out["methods"], out["signs"]
+    tests = sorted({t for m in methods for g in signs for t in out["deletion"][m][g].get("auc_del_per_test") or {}})
+    values = np.asarray([[[_num(out["deletion"][m][g].get("auc_del_per_test", {}).get(t)) for g in signs]
+                          for m in methods] for t in tests], float).reshape(len(tests), len(methods), len(signs))
+    pairs = [(gi, a, b) for gi in range(len(signs)) for a, b in method_pairs(methods)]
+    columns = [values[:, mi, gi] for mi in range(len(methods)) for gi in range(len(signs))]
+    columns += [values[:, a, gi] - values[:, b, gi] for gi, a, b in pairs]
+    table = np.stack(columns, axis=1) if len(tests) else np.zeros((0, len(columns)))
+    ci = np.full((len(columns), 2), np.nan)
+    if len(tests) >= 2:
+        ci = metrics.percentile_interval(metrics.bootstrap_means(table, num_samples=replicates, seed=seed), level)
+
+    def interval(i, n):
+        return [float(ci[i, 0]), float(ci[i, 1])] if n >= 2 and np.isfinite(ci[i]).all() else None
+
+    one_seed = len(out.get("seeds", [])) < 2
+    for mi, m in enumerate(methods):
+        for gi, g in enumerate(signs):
+            d = out["deletion"][m][g]
+            r, n = metrics.right_way(values[:, mi, gi], g)
+            d["auc_del_ci"] = interval(mi * len(signs) + gi, n)
+            d["auc_del_right_way"] = [r, n]
+            if one_seed:
+                d["auc_del_std"] = None  # one seed: the appendix-F bootstrap had nothing to resample
+    out["differences"] = []
+    for p, (gi, a, b) in enumerate(pairs):
+        diff = values[:, a, gi] - values[:, b, gi]
+        r, n = metrics.right_way(diff, signs[gi])
+        c = interval(len(methods) * len(signs) + p, n)
+        out["differences"].append({"sign": signs[gi], "a": methods[a], "b": methods[b],
+                                   "difference": float(np.nanmean(diff)) if n else None, "ci": c,
+                                   "resolved": metrics.excludes_zero(c), "right_way": r, "test_points": n})
+    out["intervals"] = {"level": level, "kind": "percentile", "replicates": replicates if len(tests) >= 2 else 0,
+                        "over": "test points (their seed means; the summary predates paired seed draws)"
+                        if len(tests) >= 2 else None, "paired": True, "test_points": len(tests)}
+    return out
+
+
+def _num(x) -> float:
+    return float("nan") if x is None else float(x)
 
 
 def deletion_table(sweep_dir: Path) -> str:
-    """Table 4 layout. With several seeds ± is the bootstrap std over retrainings
-    (appendix F); with one seed (no bootstrap spread) the standard error over test
-    points, and [r/n]: r of the n test points moved the right way."""
-    summary = json.loads((sweep_dir / "report" / "summary.json").read_text())
-    methods = summary["methods"]
-    one_seed = len(summary["seeds"]) == 1
-    lines = ["| metric | " + " | ".join(NAMES.get(m, m) for m in methods) + " |",
-             "|---|" + "---:|" * len(methods)]
-    for sign, label in (("+", "AUC-DEL+ ↓"), ("-", "AUC-DEL− ↑")):
-        cells = []
-        for m in methods:
-            d = summary["deletion"][m][sign]
-            cells.append(per_test_cell(d, sign) if one_seed and d.get("auc_del_per_test")
-                         else f"{d['auc_del']:+.3f} ± {d['auc_del_std']:.3f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    """Table 4 layout: AUC-DEL± [interval]* [r/n] per method, the legend (what the intervals
+    are over), the paired differences A − B, and a line on the sweep (``sweep report``'s
+    statistics; see tracin_jax/deletion/report.py)."""
+    from tracin_jax.deletion.report import difference_rows, legend_lines, table_rows
+
+    summary = with_intervals(json.loads((sweep_dir / "report" / "summary.json").read_text()))
+    header, rows, _ = table_rows(summary, NAMES)
+    lines = ["| " + " | ".join(header[1:]) + " |", "|---|" + "---:|" * (len(header) - 2)]
+    lines += ["| " + " | ".join(r[1:]) + " |" for r in rows]
+    lines += [""] + legend_lines(summary)
+    d_header, d_rows, _ = difference_rows(summary, NAMES)
+    if d_rows:
+        lines += ["", "| " + " | ".join(d_header[1:]) + " |", "|---|---|---:|---:|"]
+        lines += ["| " + " | ".join(r[1:]) + " |" for r in d_rows]
     jobs, base = summary["jobs"], summary["baseline"]
     lines.append("")
-    lines.append(f"{summary['test_points']} test points, k ∈ {summary['k_grid']}, seeds {summary['seeds']}; "
-                 f"{jobs['finished']}/{jobs['total']} retrainings finished; baseline gold-class probability "
-                 f"{base['gold_prob_mean']:.3f}, held-out accuracy {base['heldout_accuracy_mean']:.3f}.")
+    lines.append(f"{jobs['finished']}/{jobs['total']} retrainings finished; baseline gold-class probability "
+                 f"{_fmt(base['gold_prob_mean'])}, held-out accuracy {_fmt(base['heldout_accuracy_mean'])}.")
     return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else f"{x:.3f}"
 
 
 def cancellation_table(path: Path) -> str:

@@ -87,3 +87,51 @@ def test_table_has_the_shape_of_table_4():
     text = markdown_table(header, rows)
     assert text.splitlines()[1] == "|---|---|---|---|" and len(text.splitlines()) == 5
     assert len(records) == 6
+
+
+def test_interval_helpers():
+    reps = np.arange(101, dtype=float)[:, None] * np.ones((1, 2))
+    reps[:, 1] = np.nan
+    reps[0, 1] = 1.0  # one finite replicate: no interval
+    ci = metrics.percentile_interval(reps, level=0.9)
+    assert ci.shape == (2, 2) and ci[0] == pytest.approx([5.0, 95.0]) and np.isnan(ci[1]).all()
+    with pytest.raises(ValueError, match="level"):
+        metrics.percentile_interval(reps, level=95)
+    assert metrics.excludes_zero([-0.2, -0.01]) is True and metrics.excludes_zero([-0.2, 0.0]) is False
+    assert metrics.excludes_zero(None) is None and metrics.excludes_zero([np.nan, 1.0]) is None
+    assert metrics.right_way([-0.1, 0.2, -0.3, np.nan], "+") == (2, 3)
+    assert metrics.right_way([-0.1, 0.2, -0.3, np.nan], "-") == (1, 3)
+    assert not metrics.spread_measurable(1, 1) and metrics.spread_measurable(2, 1) and metrics.spread_measurable(1, 2)
+    means = metrics.bootstrap_means(np.asarray([1.0, 3.0]), num_samples=400, seed=0)
+    assert set(np.unique(means)) <= {1.0, 2.0, 3.0} and abs(means.mean() - 2.0) < 0.15
+
+
+def test_paired_bootstrap_uses_the_same_draws_everywhere():
+    rng = np.random.default_rng(5)
+    removed = rng.random((6, 3, 2, 4))  # [T, G, K, S]
+    baseline = rng.random((6, 4))
+    boot = metrics.paired_bootstrap(removed, baseline, pairs=[(0, 1), (2, 0)], num_samples=50, seed=3)
+    small = metrics.paired_bootstrap(removed, baseline, pairs=[(0, 1), (2, 0)], num_samples=50, seed=3,
+                                     max_chunk_elements=1)  # one replicate per chunk: same draws
+    for key in ("auc", "curve", "diff"):
+        np.testing.assert_allclose(boot[key], small[key])
+    np.testing.assert_allclose(boot["auc"], boot["curve"].mean(-1))
+    np.testing.assert_allclose(boot["diff"][:, 0], boot["auc"][:, 0] - boot["auc"][:, 1])  # no NaN: exact
+    # replicate 0 recomputed by hand from the draws
+    tests, seeds = metrics.bootstrap_indices(6, 4, 50, np.random.default_rng(3))
+    t, s = tests[0], seeds[0]
+    dels = np.stack([removed[t[i]][..., s[i]].mean(-1) - baseline[t[i], s[i]].mean() for i in range(6)])
+    np.testing.assert_allclose(small["auc"][0], dels.mean(-1).mean(0))
+    with pytest.raises(ValueError, match="baseline"):
+        metrics.paired_bootstrap(removed, baseline[:, :2])
+
+
+def test_table_cells_show_interval_resolution_and_counts():
+    d = {"auc_del": -0.1, "auc_del_ci": [-0.15, -0.05], "auc_del_right_way": [7, 8], "auc_del_std": None}
+    e = {"auc_del": 0.02, "auc_del_ci": [-0.01, 0.05], "auc_del_right_way": [5, 8], "auc_del_std": None}
+    summary = {"dataset": "sst2", "methods": ["tracin_we_topk", "random"], "signs": ["+"], "seeds": [0],
+               "deletion": {"tracin_we_topk": {"+": d}, "random": {"+": e}}, "lds": {}, "mislabel": {}}
+    header, rows, records = table_rows(summary)
+    assert rows == [["sst2", "AUC-DEL+ ↓", "-0.100 [-0.150, -0.050]* [7/8]", "0.020 [-0.010, 0.050] [5/8]"]]
+    assert records[0]["ci_low"] == -0.15 and records[0]["resolved"] == 1 and records[1]["resolved"] == 0
+    assert records[0]["std"] == "" and records[0]["right_way"] == "7/8"

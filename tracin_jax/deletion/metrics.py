@@ -1,12 +1,23 @@
-"""Pure metrics of retraining results: DEL±, AUC-DEL±, bootstrap, LDS, mislabel detection, fixing.
+"""Pure metrics of retraining results: DEL±, AUC-DEL±, bootstraps, LDS, mislabel detection.
 
 Notation (SPEC "Case-deletion evaluation"): for test point x' with gold class c,
 ``DEL±(x', k, I) = E_seeds[f_c(x'; Θ_{±;k})] − E_seeds[f_c(x'; Θ)]`` and
-``AUC-DEL± = mean over the k grid of DEL±``, averaged over test points; its
-standard deviation is bootstrapped over retraining runs (appendix F).
+``AUC-DEL± = mean over the k grid of DEL±``, averaged over test points.
+
+Two bootstraps:
+- :func:`paired_bootstrap` (the report's intervals): resamples test points with
+  replacement and, within each resampled test point, its seeds with replacement; the
+  same draws serve every method, sign, k and the no-removal baseline, so differences
+  between methods are paired. With one seed it resamples test points alone.
+- :func:`bootstrap_auc_std` (appendix F): the test points fixed, resamples each
+  cell's retraining runs; it measures retraining noise only, and nothing with one seed.
+
 Arrays carry NaN where a retraining is missing (failed or not run yet).
+:class:`SweepData` arranges a manifest's result files as those arrays.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 from scipy import stats
@@ -56,6 +67,118 @@ def bootstrap_auc_std(removed: np.ndarray, baseline: np.ndarray, *, num_samples:
         dels = deletion_values(resampled, base)  # [T, G, K]
         out[b] = _nanmean(auc_del(dels), axis=0)
     return out.std(axis=0, ddof=1) if num_samples > 1 else np.zeros(g)
+
+
+def bootstrap_indices(num_tests: int, num_seeds: int, num_samples: int, rng: np.random.Generator,
+                      resample_seeds: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Draws of the paired two-stage bootstrap.
+
+    Returns ``tests [B, T]`` (test-point rows drawn with replacement) and ``seeds [B, T, S]``
+    (for each drawn test point, seed columns drawn with replacement; ``arange(S)`` when
+    ``resample_seeds`` is false or there is one seed).
+    """
+    tests = rng.integers(0, num_tests, size=(num_samples, num_tests))
+    if resample_seeds and num_seeds > 1:
+        seeds = rng.integers(0, num_seeds, size=(num_samples, num_tests, num_seeds))
+    else:
+        seeds = np.broadcast_to(np.arange(num_seeds), (num_samples, num_tests, num_seeds))
+    return tests, seeds
+
+
+def paired_bootstrap(removed: np.ndarray, baseline: np.ndarray, *, pairs=(), num_samples: int = 1000,
+                     seed: int = 0, resample_seeds: bool = True,
+                     max_chunk_elements: int = 4_000_000) -> dict[str, np.ndarray]:
+    """Bootstrap replicates of AUC-DEL, DEL(k) and paired differences (module docstring).
+
+    Each replicate draws test points with replacement and, within each drawn test point,
+    seeds with replacement (:func:`bootstrap_indices`); every group, k and the baseline
+    use the same draws. DEL is then recomputed from the drawn runs exactly as
+    :func:`deletion_values` does, and averaged over the drawn test points.
+
+    Args:
+      removed: ``[T, G, K, S]`` gold-class probabilities after removal (G = any
+        flattening of method × sign).
+      baseline: ``[T, S]`` no-removal probabilities, same seed columns.
+      pairs: ``(a, b)`` group indices; ``diff`` holds ``mean_t (AUC_a(t) − AUC_b(t))``.
+    Returns ``{"auc": [B, G], "curve": [B, G, K], "diff": [B, P]}`` float64.
+    """
+    removed = np.asarray(removed, np.float64)
+    baseline = np.asarray(baseline, np.float64)
+    t, g, k, s = removed.shape
+    if baseline.shape != (t, s):
+        raise ValueError(f"baseline {baseline.shape} does not match removed {removed.shape}: expected {(t, s)}")
+    pairs = [(int(a), int(b)) for a, b in pairs]
+    first, second = [a for a, _ in pairs], [b for _, b in pairs]
+    runs = removed.transpose(0, 3, 1, 2)  # [T, S, G, K]
+    rng = np.random.default_rng(seed)
+    out = {"auc": np.full((num_samples, g), np.nan), "curve": np.full((num_samples, g, k), np.nan),
+           "diff": np.full((num_samples, len(pairs)), np.nan)}
+    all_tests, all_seeds = bootstrap_indices(t, s, num_samples, rng, resample_seeds)  # chunking-independent
+    chunk = max(1, int(max_chunk_elements) // max(t * s * g * k, 1))
+    for start in range(0, num_samples, chunk):
+        b = min(chunk, num_samples - start)
+        tests, seeds = all_tests[start:start + b], all_seeds[start:start + b]
+        drawn = runs[tests[..., None], seeds]  # [b, T, S, G, K]
+        base = _nanmean(baseline[tests[..., None], seeds], axis=-1)  # [b, T]
+        dels = _nanmean(drawn, axis=2) - base[..., None, None]  # [b, T, G, K]
+        per_test = _nanmean(dels, axis=-1)  # [b, T, G]
+        rows = slice(start, start + b)
+        out["auc"][rows] = _nanmean(per_test, axis=1)
+        out["curve"][rows] = _nanmean(dels, axis=1)
+        if pairs:
+            out["diff"][rows] = _nanmean(per_test[:, :, first] - per_test[:, :, second], axis=1)
+    return out
+
+
+def bootstrap_means(values: np.ndarray, *, num_samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """Replicates ``[B, ...]`` of the NaN-mean over axis 0 of ``values [T, ...]``, the rows
+    (test points) drawn with replacement."""
+    values = np.asarray(values, np.float64)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, values.shape[0], size=(num_samples, values.shape[0]))
+    return _nanmean(values[rows], axis=1)
+
+
+def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> np.ndarray:
+    """Percentile interval ``[..., 2]`` (low, high) over axis 0 of bootstrap replicates;
+    NaN where fewer than two replicates are finite."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"interval level must be in (0, 1), got {level}")
+    replicates = np.asarray(replicates, np.float64)
+    finite = np.isfinite(replicates).sum(axis=0)
+    q = [50.0 * (1.0 - level), 50.0 * (1.0 + level)]
+    if replicates.shape[0] == 0:
+        return np.full(replicates.shape[1:] + (2,), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
+        bounds = np.nanpercentile(replicates, q, axis=0)
+    bounds = np.moveaxis(np.asarray(bounds, np.float64), 0, -1)
+    return np.where((finite >= 2)[..., None], bounds, np.nan)
+
+
+def spread_measurable(num_tests: int, num_seeds: int) -> bool:
+    """Whether a bootstrap has anything to resample: two test points, or two seeds."""
+    return int(num_tests) >= 2 or int(num_seeds) >= 2
+
+
+def excludes_zero(interval) -> bool | None:
+    """``True`` when the interval lies strictly on one side of 0 (resolved), ``None`` when
+    there is no interval."""
+    if interval is None:
+        return None
+    lo, hi = (float(v) if v is not None else float("nan") for v in interval)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return None
+    return bool(lo > 0.0 or hi < 0.0)
+
+
+def right_way(values: np.ndarray, sign: str) -> tuple[int, int]:
+    """``(r, n)``: r of the n finite values moved the right way: ``< 0`` for DEL+ (or a
+    difference of DEL+), ``> 0`` for DEL−."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    moved = values < 0 if sign == "+" else values > 0
+    return int(moved.sum()), int(len(values))
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -111,6 +234,60 @@ def mislabel_detection(self_influence: np.ndarray, flipped: np.ndarray,
     return {"auc": float(auc), "precision_at_num_flipped": float(flipped[order[:f]].mean()),
             "recall_at_fraction": float(flipped[order[:inspected]].sum() / f),
             "inspect_fraction": float(inspect_fraction), "num_flipped": f, "num_train": n}
+
+
+class SweepData:
+    """A manifest's results arranged as arrays (NaN where a retrain is missing).
+
+    ``baseline [E, S]``: gold-class probability of each evaluation point for each
+    seed without removal; ``removed [T, M, G, K, S]`` after removing the top-k of
+    sign G for method M; ``baseline_accuracy [S]`` (held-out); ``wall_time_s``: the
+    measured per-job wall time of each finished result that records one (job id -> s).
+    """
+
+    def __init__(self, manifest: dict, results: dict[str, dict]):
+        self.manifest, self.results = manifest, results
+        self.eval_points = [int(i) for i in manifest["eval_points"]]
+        self.col = {e: i for i, e in enumerate(self.eval_points)}
+        for r in results.values():
+            if r["eval_ids"] != self.eval_points:
+                raise ValueError(f"result {r['id']} was evaluated on other points than the manifest's")
+        self.seeds = manifest["seeds"]
+        self.seed_col = {s: i for i, s in enumerate(self.seeds)}
+        self.methods, self.signs, self.k_grid = manifest["methods"], manifest["signs"], manifest["k_grid"]
+        self.test_ids = [p["id"] for p in manifest["test_points"]]
+        s = len(self.seeds)
+        self.baseline = np.full((len(self.eval_points), s), np.nan)
+        self.baseline_pred = np.full((len(self.eval_points), s), -1)
+        self.baseline_accuracy = np.full(s, np.nan)
+        self.removed = np.full((len(self.test_ids), len(self.methods), len(self.signs), len(self.k_grid), s), np.nan)
+        self.wall_time_s = {jid: float(r["wall_time_s"]) for jid, r in results.items()
+                            if r.get("wall_time_s") is not None and np.isfinite(float(r["wall_time_s"]))}
+        t_row = {t: i for i, t in enumerate(self.test_ids)}
+        for job in manifest["jobs"]:
+            result = results.get(job["id"])
+            if result is None:
+                continue
+            for tag in job["tags"]:
+                if tag["kind"] == "baseline":
+                    c = self.seed_col[job["seed"]]
+                    self.baseline[:, c] = result["gold_prob"]
+                    self.baseline_pred[:, c] = result["pred"]
+                    self.baseline_accuracy[c] = result["heldout_accuracy"]
+                elif tag["kind"] == "del":
+                    self.removed[t_row[tag["test"]], self.methods.index(tag["method"]),
+                                 self.signs.index(tag["sign"]), self.k_grid.index(tag["k"]),
+                                 self.seed_col[job["seed"]]] = result["gold_prob"][self.col[tag["test"]]]
+
+    def test_baseline(self) -> np.ndarray:
+        """``[T, S]``: the baseline rows of the test points."""
+        return self.baseline[[self.col[t] for t in self.test_ids]]
+
+    def auc_per_seed(self) -> np.ndarray:
+        """``[T, M, G, S]``: AUC-DEL of each test point computed from one seed's runs
+        (``mean_k removed[..., s] − baseline[t, s]``)."""
+        base = self.test_baseline()
+        return _nanmean(self.removed, axis=3) - base[:, None, None, :]
 
 
 def _nanmean(x: np.ndarray, axis) -> np.ndarray:
