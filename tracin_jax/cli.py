@@ -248,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training gradient store (rankings, LDS and self-influence computed here)")
     p.add_argument("--test-store", default=None, help="test-point gradient store")
     p.add_argument("--no-measure", action="store_true", help="skip timing replica steps for the estimate")
+    p.add_argument("--pilot", default=None, metavar="SWEEP",
+                   help="a finished (pilot) sweep: print how many test points and seeds resolve --effect "
+                        "between two methods, and their cost in retraining-hours")
+    p.add_argument("--effect", type=float, default=0.05,
+                   help="difference of AUC-DEL between two methods to resolve (with --pilot)")
     _allow_mismatch(p)
     _no_verify(p)
     _common(p)
@@ -271,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: SWEEP/report)")
     p.add_argument("--bootstrap", type=int, default=None,
                    help="bootstrap samples (default: the plan's sweep.bootstrap)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
+    p.add_argument("--effect", type=float, default=0.05,
+                   help="difference between two methods the power advice (power.md) plans for")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     return parser
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from tracin_jax import config as config_lib
 from tracin_jax.commands import load_config, no_overrides, print_json
 from tracin_jax.deletion.plan import manifest_summary
-from tracin_jax.deletion.report import sweep_report
+from tracin_jax.deletion.power import advise_sweep, render_markdown
+from tracin_jax.deletion.report import PAPER_NAMES, sweep_report
 from tracin_jax.deletion.runner import run_sweep
 from tracin_jax.errors import UsageError
 from tracin_jax.mesh import initialize_distributed
@@ -43,6 +44,11 @@ def plan(args, overrides) -> int:
                              train_store=args.train_store, test_store=args.test_store,
                              measure=not args.no_measure, progress=not args.no_progress,
                              verify=not args.no_verify, allow_mismatch=args.allow_mismatch)
+    if args.pilot:
+        advice = advise_sweep(args.pilot, effect=args.effect,
+                              jobs_per_test_seed=len(cfg.sweep.methods) * len(cfg.sweep.signs) * len(set(cfg.sweep.k_grid)),
+                              wall_time_s=(manifest.get("estimate") or {}).get("retrain_s"))
+        print(render_markdown(advice, PAPER_NAMES))
     print_json({"manifest": str(Path(args.out) / "manifest.json"), **manifest_summary(manifest),
                 "estimate": manifest.get("estimate")})
     return 0
@@ -59,7 +65,10 @@ def run(args, overrides) -> int:
 
 def report(args, overrides) -> int:
     no_overrides("sweep report", overrides, "the report reads the manifest and results")
-    summary = sweep_report(args.manifest, args.out, bootstrap=args.bootstrap, plots=not args.no_plots)
+    summary = sweep_report(args.manifest, args.out, bootstrap=args.bootstrap, plots=not args.no_plots,
+                           level=args.level, effect=args.effect)
     print(Path(summary["files"]["table_md"]).read_text().rstrip())
+    if summary["files"].get("power_md"):
+        print(Path(summary["files"]["power_md"]).read_text().rstrip())
     print_json({"jobs": summary["jobs"], "files": summary["files"]})
     return 0

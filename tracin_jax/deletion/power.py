@@ -207,7 +207,7 @@ def advise_sweep(manifest_path: str | Path, **kwargs) -> dict:
 
     manifest = load_manifest(manifest_path)
     job_ids = {j["id"] for j in manifest["jobs"]}
-    results = {k: v for k, v in load_results(manifest["_dir"]).items() if k in job_ids}
+    results = {k: v for k, v in load_results(manifest["_dir"], manifest).items() if k in job_ids}
     return advise(manifest, results, **kwargs)
 
 

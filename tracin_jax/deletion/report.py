@@ -520,7 +520,7 @@ def sweep_report(manifest_path: str | Path, out_dir: str | Path | None = None, *
     sweep_dir = Path(manifest["_dir"])
     out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    results = load_results(sweep_dir)
+    results = load_results(sweep_dir, manifest)
     failures = load_failures(sweep_dir)
     job_ids = {j["id"] for j in manifest["jobs"]}
     results = {k: v for k, v in results.items() if k in job_ids}
