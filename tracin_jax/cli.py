@@ -106,13 +106,44 @@ def build_parser() -> argparse.ArgumentParser:
     _no_verify(p)
     _common(p)
 
+    # -- import
+    p = command("import", "Turn checkpoints trained elsewhere (Hugging Face BERT/RoBERTa classifier "
+                "directories) into a run directory the other commands read.", "import_:run")
+    p.add_argument("--hf", nargs="+", required=True, metavar="DIR",
+                   help="Hugging Face checkpoint directories (config.json + model.safetensors), e.g. "
+                        "out/checkpoint-500 out/checkpoint-1000")
+    p.add_argument("--lr", default=None,
+                   help="learning rate in force at each checkpoint, comma-separated, in the order of --hf "
+                        "(default: --trainer-state, else lr.txt or trainer_state.json inside each directory)")
+    p.add_argument("--trainer-state", default=None, metavar="FILE",
+                   help="a Hugging Face Trainer's trainer_state.json: each checkpoint's rate is the "
+                        "learning_rate logged at (or last before) its step")
+    p.add_argument("--steps", default=None,
+                   help="checkpoint steps, comma-separated (default: from checkpoint-N names, else 1, 2, ...)")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="tokenizer files (default: found beside the checkpoints; none: pre-tokenised data only)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per example when reading text")
+    p.add_argument("--out", required=True, help="the run directory to create")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
     # -- grads
     p = command("grads", "Per-example word-embedding gradients of a split, over a run's checkpoints, "
                 "into a gradient store.", "grads:run")
     p.add_argument("--run", required=True, help="training run directory (tracin-jax train --workdir)")
     p.add_argument("--split", default="train",
-                   help="train, eval or test (the run's balanced test points); comma-separated for several "
-                        "(each into --out/SPLIT)")
+                   help="train, eval or test (the run's balanced test points), a name attached with --data; "
+                        "comma-separated for several (each into --out/SPLIT)")
+    p.add_argument("--data", default=None, metavar="FILE",
+                   help="a labelled file (csv, tsv, jsonl, parquet; text or pre-tokenised input_ids rows) "
+                        "attached to the run as --split NAME; later commands find it by that name")
+    p.add_argument("--columns", default=None,
+                   help="with --data, a csv/tsv file without a header: its column names in order, "
+                        "e.g. text,label (default: the first row is a header)")
+    p.add_argument("--text-field", default="text", help="with --data: the text column")
+    p.add_argument("--pair-field", default=None, help="with --data: a second text column (sentence pairs)")
+    p.add_argument("--label-field", default="label",
+                   help="with --data: the label column (class indices or the run's class names)")
+    p.add_argument("--encoding", default="utf-8", help="with --data: the text encoding of csv/tsv/jsonl files")
     p.add_argument("--checkpoints", default=None, help="checkpoint steps, e.g. 126,252 (default: all of the run's)")
     p.add_argument("--k", default=None, help="top-k positions kept per example by gradient norm "
                    "(docs/method.md, eq. 5); 0 = exact per-token vectors (default: the run's grads.k)")
@@ -147,8 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", default=None, help="training run directory: texts and tokens for the report, "
                    "parameters for methods that need them")
     p.add_argument("--top", type=int, default=100, help="proponents and opponents kept per test point")
-    p.add_argument("--out", required=True, help="output directory (retrieval.npz, scores.jsonl, "
-                   "report.html, summary.json)")
+    p.add_argument("--out", default=None, help="output directory (retrieval.npz, scores.jsonl, "
+                   "report.html, summary.json); required unless --matrix")
+    p.add_argument("--matrix", default=None, metavar="OUT.npy",
+                   help="also (or only) write the dense [test, train] score matrix (float32 .npy, rows in "
+                        "test-store order, columns in train-store order) and OUT.ids.json naming them")
+    p.add_argument("--max-matrix-gb", type=float, default=4.0,
+                   help="refuse a --matrix larger than this many GB (use top-k rankings instead)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace outputs in --out that were made with other arguments")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",

@@ -6,10 +6,13 @@ runs. Helpers shared by several commands live here.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from tracin_jax import config as config_lib
 from tracin_jax.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 def load_config(name: str, overrides):
@@ -61,3 +64,18 @@ def parse_part(text):
 
 def print_json(obj) -> None:
     print(json.dumps(obj, default=str))
+
+
+def report_weights(what: str, weights) -> None:
+    """Logs the checkpoints ``what`` sums over — ``weights``: ``[(step, weight)]`` (η_c for the
+    TracIn family) — with each one's share of the total, and warns about a checkpoint holding
+    under 1% of it: it contributes almost nothing (e.g. the end of a linear decay), which
+    changes what the scores mean."""
+    weights = [(int(s), float(w)) for s, w in weights]
+    total = sum(abs(w) for _, w in weights) or 1.0
+    log.info("%s sums over checkpoints: %s", what,
+             ", ".join(f"step {s} (weight {w:.3g}, {100 * abs(w) / total:.1f}%)" for s, w in weights))
+    small = [s for s, w in weights if abs(w) / total < 0.01]
+    if small and len(weights) > 1:
+        log.warning("checkpoint(s) %s hold under 1%% of the total weight (learning rate near 0): they "
+                    "contribute almost nothing to %s", small, what)

@@ -6,12 +6,13 @@ from tracin_jax.data.batching import (batch_order, batch_padded_length, check_ri
                                       iterate_batches, num_batches, sequence_lengths)
 from tracin_jax.data.dataset import TextDataset, select_test_points, subsample_indices
 from tracin_jax.data.files import EXTENSIONS, FORMATS, format_for, read_table
-from tracin_jax.data.sources import SOURCES, default_data_config, load_splits
+from tracin_jax.data.sources import SOURCES, default_data_config, load_file, load_splits
 from tracin_jax.data.synthetic import SyntheticCorpus, default_synthetic_config, make_synthetic
 from tracin_jax.data.tokenize import (
     Encoded,
     EncodedDataset,
     HFTokenizer,
+    IdsTokenizer,
     WordTokenizer,
     default_tokenizer_config,
     encode_dataset,
@@ -26,6 +27,7 @@ __all__ = [
     "Encoded",
     "EncodedDataset",
     "HFTokenizer",
+    "IdsTokenizer",
     "SyntheticCorpus",
     "TextDataset",
     "WordTokenizer",
@@ -39,6 +41,7 @@ __all__ = [
     "epoch_permutation",
     "format_for",
     "iterate_batches",
+    "load_file",
     "load_splits",
     "load_tokenizer",
     "make_synthetic",

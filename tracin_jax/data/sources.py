@@ -60,7 +60,9 @@ from tracin_jax.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "tfds", "csv", "tsv", "jsonl", "parquet", "files")
+# "none": a run with no data of its own (a model imported from checkpoints); its splits come
+# from files attached later (tracin-jax grads --data FILE --split NAME).
+SOURCES = ("synthetic", "tfds", "csv", "tsv", "jsonl", "parquet", "files", "none")
 _TRAIN_STREAM, _EVAL_STREAM = 0, 1  # subsampling seeds [seed, stream]: train and eval differ
 _INT_RE = re.compile(r"[+-]?\d+")
 _LABEL_HINT = "set data.label_names, or fix the label"
@@ -146,6 +148,13 @@ def load_splits(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         return out
     if source == "tfds":
         return _load_tfds(data_cfg)
+    if source == "none":
+        if data_cfg.label_names is None:
+            raise ConfigError("data.source='none' needs data.label_names (the model's classes)")
+        empty = lambda split: TextDataset(texts=(), text_pairs=None, labels=np.zeros(0, np.int32),
+                                          ids=np.zeros(0, np.int64),
+                                          label_names=tuple(data_cfg.label_names), name=f"none:{split}")
+        return {"train": empty("train"), "eval": empty("eval")}
     return _load_files(data_cfg)
 
 
@@ -414,6 +423,31 @@ def _load_files(cfg) -> dict[str, TextDataset]:
         return tables[key]
 
     return _split_datasets(cfg, read_split, fields, label_names)
+
+
+def load_file(path: str | Path, *, label_names: Sequence[str] | None, text: str = "text",
+              text_pair: str | None = None, label: str = "label", columns: Sequence[str] | None = None,
+              encoding: str = "utf-8", fmt: str | None = None, name: str | None = None,
+              drop_empty: bool = False) -> TextDataset:
+    """Every row of one labelled file (csv / tsv / jsonl / parquet; text or pre-tokenised
+    rows, see ``data.files``) as a ``TextDataset`` with ids = row numbers.
+
+    ``label_names``: the model's classes; integer labels are class indices and named labels
+    are looked up (None: inferred from this file, as ``load_splits`` does).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist", "fix the path")
+    fmt = fmt or file_io.format_for(path)
+    columns = _check_columns(columns)
+    table = file_io.read_table(path, fmt, text=text, pair=text_pair, label=label,
+                               columns=columns if fmt in ("csv", "tsv") else None,
+                               encoding=file_io.check_encoding(encoding), split=name or path.stem)
+    fields = _Fields(text=text, pair=text_pair, label=label, threshold=None)
+    if label_names is None:
+        label_names = _infer_label_names({"file": table}, fields)
+    return _records_to_dataset(table, np.arange(len(table)), fields, tuple(label_names), drop_empty,
+                               name or f"file:{path.name}", name or path.stem)
 
 
 # ----------------------------------------------------------------------------- TFDS

@@ -39,7 +39,7 @@ from tracin_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("bert", "roberta", "word")
+KINDS = ("bert", "roberta", "word", "ids")
 DEFAULT_MAX_LENGTH = 128  # SPEC "Paper settings": max sequence length 128
 
 
@@ -214,6 +214,58 @@ class WordTokenizer:
             json.dumps({"kind": self.kind, "lowercase": self.lowercase}, indent=2))
 
 
+# ----------------------------------------------------------------------------- ids only
+
+
+class IdsTokenizer:
+    """No vocabulary: ids only, for a model imported without its tokenizer files.
+
+    Such a run reads pre-tokenised data only (``encode`` refuses text); tokens print as
+    ``#<id>``. ``special_ids``: the model's start/end ids when its config names them.
+    Saved as ``tokenizer_config.json`` (kind ``ids``) in the run's tokenizer directory.
+    """
+
+    kind = "ids"
+
+    def __init__(self, vocab_size: int, pad_id: int = 0, special_ids: Sequence[int] = (),
+                 max_length: int = DEFAULT_MAX_LENGTH):
+        self._vocab_size, self.pad_id = int(vocab_size), int(pad_id)
+        self._special = tuple(int(i) for i in special_ids)
+        self.max_length = int(max_length)
+
+    @classmethod
+    def load(cls, directory: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> IdsTokenizer:
+        meta = json.loads((Path(directory) / "tokenizer_config.json").read_text())
+        return cls(meta["vocab_size"], meta.get("pad_id", 0), meta.get("special_ids", ()), max_length)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        return self._special
+
+    def token_to_id(self, token: str) -> int | None:
+        return None
+
+    def convert_ids_to_tokens(self, ids) -> list[str]:
+        return [f"#{int(i)}" for i in np.asarray(ids).reshape(-1)]
+
+    def encode(self, texts, pairs=None, max_length=None) -> Encoded:
+        if not len(texts):
+            return _pack([], int(max_length or self.max_length), self.pad_id, 0)
+        raise DataError("this run has no tokenizer, so it reads pre-tokenised rows only (an input_ids column)",
+                        "tokenise the data yourself, or import the model with --tokenizer DIR")
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "tokenizer_config.json").write_text(json.dumps(
+            {"kind": self.kind, "vocab_size": self._vocab_size, "pad_id": self.pad_id,
+             "special_ids": list(self._special)}, indent=2))
+
+
 # ----------------------------------------------------------------------------- Hugging Face
 
 
@@ -352,6 +404,8 @@ def load_tokenizer(tok_cfg: ml_collections.ConfigDict, corpus: Iterable[str] | N
     if path is None or not path.exists():
         raise FileNotFoundError(f"tokenizer.kind={kind!r} needs tokenizer.path to a tokenizer "
                                 f"directory; got {tok_cfg.get('path', None)!r}")
+    if kind == "ids":
+        return IdsTokenizer.load(path, max_length=max_length)
     if kind == "bert":
         tok = _bert_from_path(path, lowercase=True if lowercase is None else bool(lowercase))
     else:

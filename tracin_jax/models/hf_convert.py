@@ -77,6 +77,12 @@ def _head_names(model_type: str, prefix: str) -> dict[str, list[str]]:
             "classifier": ["classifier.out_proj"]}
 
 
+def weight_files(directory) -> list[str]:
+    """The weight files of a checkpoint directory this module can read (empty: none)."""
+    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    return [n for n in names if os.path.exists(os.path.join(directory, n))]
+
+
 def _read_tensors(directory: str) -> dict[str, np.ndarray]:
     """All tensors of a checkpoint directory as float32 numpy arrays."""
     st_file = os.path.join(directory, "model.safetensors")
@@ -206,4 +212,4 @@ def save_hf_checkpoint(directory: str, config: BertConfig, params) -> None:
                                 metadata={"format": "pt"})
 
 
-__all__ = ["load_hf_checkpoint", "save_hf_checkpoint"]
+__all__ = ["load_hf_checkpoint", "save_hf_checkpoint", "weight_files"]

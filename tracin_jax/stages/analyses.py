@@ -50,7 +50,7 @@ def cancellation_of_run(run_dir: str | Path, *, split: str = "train", num_exampl
         if steps is not None and not isinstance(steps, str):
             steps = ",".join(str(int(s)) for s in steps)
         chosen = parse_steps(steps, infos)
-        ex = split_examples(setup, split)
+        ex = split_examples(setup, split, run_dir)
         n = len(ex.encoded.labels)
         if num_examples < 2:
             raise UsageError(f"num_examples must be >= 2, got {num_examples}")

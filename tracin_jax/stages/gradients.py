@@ -1,9 +1,12 @@
 """Stage "run → gradient stores": the examples of a split, their gradient store, the run context.
 
-A run directory (``tracin-jax train --workdir RUN``) holds ``config.json``, the tokenizer
-(word vocabularies) and ``checkpoints/``. These functions rebuild the run and select the
-examples of a split — ``train``, ``eval`` or ``test`` (the balanced test points drawn from
-``eval`` with ``cfg.test_points``) — and write their gradient store, or any subset's.
+A run directory (``tracin-jax train --workdir RUN``, or ``tracin-jax import``) holds
+``config.json``, the tokenizer and ``checkpoints/``. These functions rebuild the run and
+select the examples of a split — ``train``, ``eval`` or ``test`` (the balanced test points
+drawn from ``eval`` with ``cfg.test_points``), or a labelled file attached to the run with
+``attach_data`` (``tracin-jax grads --data FILE --split NAME``; recorded in
+``RUN/splits.json`` so that later stages find the same examples) — and write their
+gradient store, or any subset's.
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from tracin_jax.data import EncodedDataset, TextDataset, select_test_points
-from tracin_jax.errors import UsageError
+from tracin_jax.data import EncodedDataset, TextDataset, encode_dataset, load_file, select_test_points
+from tracin_jax.errors import MismatchError, UsageError
+from tracin_jax.files import atomic_write_json, read_json, sha256_file
 from tracin_jax.grads import extract_gradients, parse_steps
 from tracin_jax.grads.param_grads import group_paths
 from tracin_jax.methods import RunContext, SplitData
@@ -25,6 +29,7 @@ from tracin_jax.train import CheckpointStore, RunSetup, load_run
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "eval", "test")
+SPLITS_FILE = "splits.json"  # RUN/splits.json: name -> the labelled file attached as that split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +40,61 @@ class SplitExamples:
     positions: np.ndarray  # [N] int64 rows in the underlying split (train or eval)
 
 
-def split_examples(setup: RunSetup, split: str) -> SplitExamples:
-    """The examples of ``split``: all of train / eval, or the run's test points (from eval)."""
+def registered_splits(run_dir: str | Path | None) -> dict[str, dict]:
+    """The files attached to a run as named splits (``RUN/splits.json``)."""
+    path = None if run_dir is None else Path(run_dir) / SPLITS_FILE
+    return read_json(path, "split registry") if path is not None and path.exists() else {}
+
+
+def attach_data(setup: RunSetup, run_dir: str | Path, name: str, path: str | Path, *, text: str = "text",
+                text_pair: str | None = None, label: str = "label", columns=None,
+                encoding: str = "utf-8") -> dict:
+    """Attaches the labelled file ``path`` to the run as split ``name`` (``RUN/splits.json``).
+
+    The file is read now (errors surface here) with the run's tokenizer and class names; its
+    sha256 is recorded, so a later change of the file is noticed. The run's own split names
+    (train / eval / test) are reserved unless the run has no data of its own (an import).
+    """
+    if not name or not str(name).replace("_", "").replace("-", "").isalnum():
+        raise UsageError(f"split name {name!r} must be letters, digits, - and _")
+    if name in SPLITS and setup.cfg.data.source != "none":
+        raise UsageError(f"split {name!r} is the run's own", "pick another --split name for the file")
+    spec = {"path": str(Path(path).absolute()), "text": text, "text_pair": text_pair, "label": label,
+            "columns": None if columns is None else list(columns), "encoding": encoding,
+            "sha256": sha256_file(path) if Path(path).is_file() else None}
+    _load_attached(setup, name, spec)  # reads and encodes it: errors now, not at scoring
+    registry = registered_splits(run_dir)
+    if name in registry and registry[name] != spec:
+        log.warning("split %r of %s now reads %s (it read %s)", name, run_dir, spec["path"], registry[name]["path"])
+    registry[name] = spec
+    atomic_write_json(Path(run_dir) / SPLITS_FILE, registry, sort_keys=True)
+    return spec
+
+
+def _load_attached(setup: RunSetup, name: str, spec: dict) -> tuple[TextDataset, EncodedDataset]:
+    path = Path(spec["path"])
+    if spec.get("sha256") is not None and path.is_file() and sha256_file(path) != spec["sha256"]:
+        raise MismatchError(f"{path} changed since it was attached as split {name!r} (sha256 differs)",
+                            f"attach it again: tracin-jax grads --data {path} --split {name} ...")
+    texts = load_file(path, label_names=setup.texts["train"].label_names, text=spec.get("text") or "text",
+                      text_pair=spec.get("text_pair"), label=spec.get("label") or "label",
+                      columns=spec.get("columns"), encoding=spec.get("encoding") or "utf-8", name=name)
+    return texts, encode_dataset(texts, setup.tokenizer, int(setup.cfg.tokenizer.max_length))
+
+
+def split_examples(setup: RunSetup, split: str, run_dir: str | Path | None = None) -> SplitExamples:
+    """The examples of ``split``: a file attached to the run under that name, all of train /
+    eval, or the run's test points (from eval)."""
+    attached = registered_splits(run_dir)
+    if split in attached:
+        texts, enc = _load_attached(setup, split, attached[split])
+        return SplitExamples(split, texts, enc, np.arange(len(enc)))
     if split not in SPLITS:
-        raise UsageError(f"split {split!r} is not one of {SPLITS}")
+        raise UsageError(f"split {split!r} is neither one of {SPLITS} nor a file attached to the run "
+                         f"({sorted(attached) or 'none'})", "attach one with tracin-jax grads --data FILE --split NAME")
+    if setup.cfg.data.source == "none":
+        raise UsageError(f"the run has no data of its own (an imported model): split {split!r} is not attached",
+                         f"attach a file: tracin-jax grads --run RUN --data FILE --split {split}")
     if split in ("train", "eval"):
         texts, enc = setup.texts[split], getattr(setup, split)
         return SplitExamples(split, texts, enc, np.arange(len(enc)))
@@ -62,7 +118,7 @@ def run_context(run_dir: str | Path, setup: RunSetup | None = None, *, verify: b
     checkpoints = CheckpointStore(Path(run_dir) / "checkpoints", verify=verify)
 
     def load_split(name: str) -> SplitData:
-        ex = split_examples(setup, name)
+        ex = split_examples(setup, name, run_dir)
         return SplitData(ex.texts, ex.encoded)
 
     return RunContext(setup.model, checkpoints.restore_params, setup.tokenizer,
@@ -109,7 +165,8 @@ def run_gradients(run_dir: str | Path, split: str, out_dir: str | Path, *, steps
                   topk_by=None, dtype=None, shard_size=None, batch_size=None, progress=True,
                   setup: RunSetup | None = None, param_groups=None, include_bias: bool = False,
                   micro_batch: int | None = None, verify: bool = True,
-                  overwrite: bool = False) -> GradientStore:
+                  overwrite: bool = False, data: str | Path | None = None,
+                  data_fields: dict | None = None) -> GradientStore:
     """``tracin-jax grads``: gradient store of one split over a run's checkpoints.
 
     Unset options take the run's ``cfg.grads`` values. ``param_groups``: names of
@@ -117,10 +174,14 @@ def run_gradients(run_dir: str | Path, split: str, out_dir: str | Path, *, steps
     (field ``param_grads``, same pass; biases only with ``include_bias``).
     ``micro_batch``: rows per device per step. ``verify=False`` skips the checkpoints'
     digest check; ``overwrite`` replaces a store in ``out_dir`` made with other arguments.
+    ``data``: a labelled file to attach as ``split`` first (``attach_data``; ``data_fields``:
+    its ``text`` / ``text_pair`` / ``label`` / ``columns`` / ``encoding``).
     """
     run_dir = Path(run_dir)
     setup = setup or load_run(run_dir)
-    ex = split_examples(setup, split)
+    if data is not None:
+        attach_data(setup, run_dir, split, data, **(data_fields or {}))
+    ex = split_examples(setup, split, run_dir)
     if isinstance(param_groups, str):
         param_groups = [g.strip() for g in param_groups.split(",") if g.strip()]
     paths = None

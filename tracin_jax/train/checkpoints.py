@@ -91,20 +91,20 @@ class CheckpointStore:
     # ------------------------------------------------------------------ save
 
     def save(self, step: int, params, opt_state, meta: dict[str, Any]) -> None:
-        """Saves host (or device) ``params`` / ``opt_state`` and ``meta`` plus their digests."""
-        params, opt_state = jax.device_get(params), jax.device_get(opt_state)
+        """Saves host (or device) ``params`` / ``opt_state`` and ``meta`` plus their digests.
+
+        ``opt_state=None``: parameters only (an imported checkpoint; it cannot be resumed)."""
+        params = jax.device_get(params)
         digests = tree_sha256(params)
         meta = {k: _json_value(v) for k, v in meta.items()}
-        meta.update({"step": int(step), PARAMS_SHA256: digests, PARAMS_FINGERPRINT: tree_fingerprint(digests),
-                     OPT_STATE_SHA256: opt_state_sha256(opt_state)})
-        self.manager.save(
-            int(step),
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                opt_state=ocp.args.StandardSave(opt_state),
-                meta=ocp.args.JsonSave(meta),
-            ),
-        )
+        meta.update({"step": int(step), PARAMS_SHA256: digests, PARAMS_FINGERPRINT: tree_fingerprint(digests)})
+        items = {"params": ocp.args.StandardSave(params), "meta": None}
+        if opt_state is not None:
+            opt_state = jax.device_get(opt_state)
+            meta[OPT_STATE_SHA256] = opt_state_sha256(opt_state)
+            items["opt_state"] = ocp.args.StandardSave(opt_state)
+        items["meta"] = ocp.args.JsonSave(meta)
+        self.manager.save(int(step), args=ocp.args.Composite(**items))
         self.manager.wait_until_finished()
 
     # ------------------------------------------------------------------ restore

@@ -17,9 +17,9 @@ import ml_collections
 
 from tracin_jax import config as config_lib
 from tracin_jax.data import EncodedDataset, TextDataset, encode_dataset, load_splits, load_tokenizer
-from tracin_jax.errors import DataError
-from tracin_jax.models import build_model, init_params
-from tracin_jax.models.hf_convert import load_hf_checkpoint
+from tracin_jax.errors import ConfigError, DataError
+from tracin_jax.models import BertClassifier, BertConfig, build_model, init_params
+from tracin_jax.models.hf_convert import load_hf_checkpoint, weight_files
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,16 @@ def _tokenizer_config(cfg: ml_collections.ConfigDict, workdir: Path | None) -> m
     return tok_cfg
 
 
-def prepare_run(cfg: ml_collections.ConfigDict, workdir: str | Path | None = None) -> RunSetup:
-    """Loads data, builds/loads the tokenizer and model; writes ``workdir/config.json``."""
+def prepare_run(cfg: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
+                save_config: bool = True) -> RunSetup:
+    """Loads data, builds/loads the tokenizer and model; writes ``workdir/config.json`` (unless
+    ``save_config=False``: a run read with overrides keeps its own config file)."""
     workdir = Path(workdir) if workdir is not None else None
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     splits = load_splits(cfg.data)
     extras = {k: v for k, v in splits.items() if k not in ("train", "eval")}
     texts = {"train": splits["train"], "eval": splits["eval"]}
-    if len(texts["train"]) == 0:
+    if len(texts["train"]) == 0 and cfg.data.source != "none":  # "none": an imported model, no data
         raise DataError(f"the training split {cfg.data.train_split!r} (data.source={cfg.data.source!r}) has "
                         "no examples", "check data.source, data.files, data.train_split, data.max_train "
                         "and data.drop_empty")
@@ -76,15 +78,22 @@ def prepare_run(cfg: ml_collections.ConfigDict, workdir: str | Path | None = Non
     num_labels = len(texts["train"].label_names)
     rng = jax.random.key(int(cfg.seed))
     if cfg.model.hf_dir:
-        model_config, params = load_hf_checkpoint(cfg.model.hf_dir, num_labels=num_labels,
-                                                  rng_seed=int(cfg.seed))
+        if weight_files(cfg.model.hf_dir):
+            model_config, params = load_hf_checkpoint(cfg.model.hf_dir, num_labels=num_labels,
+                                                      rng_seed=int(cfg.seed))
+        else:  # the architecture only (an imported run: its parameters are its checkpoints)
+            model_config = BertConfig.from_hf_dict(
+                json.loads((Path(cfg.model.hf_dir) / "config.json").read_text()), num_labels=num_labels,
+                dtype=cfg.model.get("dtype") or "float32")
+            params = init_params(BertClassifier(model_config), rng,
+                                 min(max_length, model_config.max_position_embeddings - model_config.pad_token_id - 1))
         with cfg.ignore_type():
             cfg.model.vocab_size = int(model_config.vocab_size)
             cfg.model.num_labels = num_labels
         if tokenizer.vocab_size > model_config.vocab_size:
-            raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the checkpoint's "
-                             f"embedding table has {model_config.vocab_size} rows")
-        from tracin_jax.models.bert import BertClassifier
+            raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but the checkpoint's "
+                              f"embedding table has {model_config.vocab_size} rows",
+                              "use the tokenizer the model was trained with (tokenizer.path)")
         model = BertClassifier(model_config)
     else:
         with cfg.ignore_type():
@@ -96,7 +105,7 @@ def prepare_run(cfg: ml_collections.ConfigDict, workdir: str | Path | None = Non
         model = build_model(cfg.model)
         params = init_params(model, rng, max_length)
 
-    if workdir is not None:
+    if workdir is not None and save_config:
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / CONFIG_FILE
         text = config_lib.to_json(cfg)
@@ -117,11 +126,14 @@ def _train_relevant(d: dict) -> dict:
     return {k: d.get(k) for k in ("seed", "data", "tokenizer", "model", "train")}
 
 
-def load_run(workdir: str | Path) -> RunSetup:
-    """Rebuilds a run's setup from ``workdir/config.json`` (params = initial ones)."""
+def load_run(workdir: str | Path, overrides=()) -> RunSetup:
+    """Rebuilds a run's setup from ``workdir/config.json`` (params = initial ones).
+
+    ``overrides``: ``--config.*`` strings applied to the saved config for this reading only
+    (e.g. ``grads.k=0``, or data and training settings of a sweep over an imported run)."""
     workdir = Path(workdir)
     path = workdir / CONFIG_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: is {workdir} a tracin-jax training run?")
-    cfg = config_lib.from_json(path.read_text())
-    return prepare_run(cfg, workdir)
+        raise DataError(f"{path} not found", f"is {workdir} a run directory (tracin-jax train or import)?")
+    cfg = config_lib.apply_overrides(config_lib.from_json(path.read_text()), list(overrides))
+    return prepare_run(cfg, workdir, save_config=not overrides)
