@@ -35,6 +35,7 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     text = "\n".join(_text(c) for c in nb.cells if c.cell_type == "code")
     assert "eval accuracy" in text
+    assert "dense TracIn-WE scores: (4, " in text and "top proponents [" in text  # tracin_jax.influence
     # Word-level explanation rendered as highlighted HTML.
     assert "top proponents" in text and "background:rgba(22,163,74" in text
     precision = dict(re.findall(r"(\w+): precision@10 = ([0-9.]+)", text))
