@@ -203,6 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
     _no_verify(p)
     _common(p)
 
+    # -- self-influence
+    p = command("self-influence", "Training examples ranked by self-influence (mislabel search), with "
+                "detection metrics beside random and loss ranking when the flipped ids are known.",
+                "self_influence:run")
+    p.add_argument("--method", default="tracin_we",
+                   help="influence method whose score(x, x) ranks the examples (docs/method.md)")
+    p.add_argument("--store", required=True, help="gradient store of the training examples")
+    p.add_argument("--run", default=None, help="run directory: texts for the report, parameters for "
+                   "methods that need them")
+    p.add_argument("--flipped", default=None, metavar="IDS.json",
+                   help="JSON list of training ids with known wrong labels: report ROC-AUC and recall at "
+                        "10%%/20%% of this ranking, of the loss, and of random inspection")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="method option (repeatable)")
+    p.add_argument("--html-top", type=int, default=200, help="examples listed in report.html")
+    p.add_argument("--out", required=True, help="output directory (self_influence.jsonl, report.html, summary.json)")
+    _no_verify(p)
+
     # -- explain
     p = command("explain", "One pair's score, decomposed over its shared tokens (they sum to the score).",
                 "explain:run")

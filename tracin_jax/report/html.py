@@ -34,7 +34,7 @@ import numpy as np
 from tracin_jax.methods.explain import ExplainedTestPoint, Neighbor, TokenContribution
 from tracin_jax.report.jsonl import special_share
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
 padding:0 1em;color:#1f2328}
 h1{font-size:1.5em} h2{font-size:1.15em;margin:0 0 .4em} .meta{color:#57606a;font-size:.9em}
@@ -85,7 +85,7 @@ def _scale(contributions: Mapping[int, float], specials: frozenset[int]) -> floa
     return max((abs(v) for v in contributions.values()), default=0.0)
 
 
-def _token_spans(tokens: Sequence[tuple[int, str]], contributions: Mapping[int, float],
+def token_spans(tokens: Sequence[tuple[int, str]], contributions: Mapping[int, float],
                  specials: frozenset[int] = frozenset(), what: str = "") -> str:
     """Tokens as spans, each shared token colored by its contribution."""
     scale = _scale(contributions, specials)
@@ -159,9 +159,9 @@ def _neighbor_row(n: Neighbor, test_label: int | None, tokens_of: Callable[[int]
     sp = specials or frozenset()
     contributions = {t.token_id: t.contribution for t in n.explanation.tokens}
     if tokens_of is not None:
-        text = _token_spans(tokens_of(n.train_position), contributions, sp)
+        text = token_spans(tokens_of(n.train_position), contributions, sp)
     else:  # no run: only the shared tokens are known
-        text = _token_spans([(t.token_id, t.token) for t in n.explanation.tokens], contributions, sp)
+        text = token_spans([(t.token_id, t.token) for t in n.explanation.tokens], contributions, sp)
     e = n.explanation
     differs = test_label is not None and n.label is not None and int(n.label) != int(test_label)
     label = (f'<td class=other title="differs from the test point\'s label">≠ {_label(n.label, label_names)}</td>'
@@ -308,7 +308,7 @@ def render_html(reports: Sequence[ExplainedTestPoint], *, method: dict,
               "generated": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               **(extra or {})}
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
              f"<h1>{html.escape(title)}</h1><p class=meta>"
              + "<br>".join(f"<b>{html.escape(str(k))}</b>: {html.escape(str(v))}" for k, v in header.items())
              + "</p>", _legend(specials)]
@@ -319,12 +319,12 @@ def render_html(reports: Sequence[ExplainedTestPoint], *, method: dict,
         what = f" summed over {n_props} proponents"
         tokens = None if test_tokens is None else test_tokens(r.test_position)
         if tokens is not None:
-            test_text = _token_spans(tokens, contributions, sp, what)
+            test_text = token_spans(tokens, contributions, sp, what)
         else:  # no run: only the tokens it shares with its proponents are known
             names = {t.token_id: t.token for n in r.neighbors.get("proponents", []) for t in n.explanation.tokens}
             shared = sorted(contributions, key=lambda t: -contributions[t])
             test_text = ("<i>(text not available without the run; its tokens shared with the proponents:)</i> "
-                         + _token_spans([(t, names[t]) for t in shared], contributions, sp, what))
+                         + token_spans([(t, names[t]) for t in shared], contributions, sp, what))
         p_pred = _probability(probabilities, r.test_id, r.prediction)
         p_gold = _probability(probabilities, r.test_id, r.label)
         same, total = _same_label(r)
