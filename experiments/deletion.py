@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     from tracin_jax.stages.analyses import cancellation_of_run
     from tracin_jax.analysis.cancellation import write_report
     from tracin_jax.stages.gradients import run_context, run_gradients
+    from tracin_jax.commands import split_methods
     from tracin_jax.stages.rankings import RANDOM, rank
     from tracin_jax.stages.sweep import plan_from_run
     from tracin_jax.train import load_run, prepare_run, train
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     for noisy in ("absl", "jax._src", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     out = Path(args.out)
-    methods = _split_methods(args.methods)
+    methods = split_methods(args.methods)
     t0 = time.time()
 
     def say(msg):
@@ -109,22 +110,6 @@ def main(argv=None) -> int:
     summary = sweep_report(out / "sweep")
     say("report:\n" + Path(summary["files"]["table_md"]).read_text())
     return 0
-
-
-def _split_methods(text: str) -> list[str]:
-    """``a,tracin_layer[x,y],b`` -> ``["a", "tracin_layer[x,y]", "b"]`` (commas inside brackets kept)."""
-    out, depth, current = [], 0, ""
-    for ch in text:
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            out.append(current.strip())
-            current = ""
-        else:
-            current += ch
-    if current.strip():
-        out.append(current.strip())
-    return out
 
 
 def _overlaps(rankings, depth: int) -> dict:

@@ -300,6 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-store", default=None,
                    help="training gradient store (rankings, LDS and self-influence computed here)")
     p.add_argument("--test-store", default=None, help="test-point gradient store")
+    p.add_argument("--methods", default=None,
+                   help="methods to compare, comma-separated (e.g. tracin_we_topk,tracin_last,random; "
+                        "'random' removes random training examples: the control); default sweep.methods")
+    p.add_argument("--test-points", default=None, metavar="all|correct|wrong|IDS.json",
+                   help="which ranked test points to use, judged by the run's final model, or a JSON list "
+                        "of test ids (default sweep.test_points)")
+    p.add_argument("--prob-range", default=None, metavar="LOW,HIGH",
+                   help="only test points whose gold-class probability under the run's model is in "
+                        "[LOW, HIGH], e.g. 0.5,0.95 (DEL is not measured on saturated points)")
     p.add_argument("--no-measure", action="store_true", help="skip timing replica steps for the estimate")
     p.add_argument("--pilot", default=None, metavar="SWEEP",
                    help="a finished (pilot) sweep: print how many test points and seeds resolve --effect "

@@ -108,6 +108,16 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.sweep.seeds = tuple(range(10))  # paper sec. 5: 10 retrains per k
     cfg.sweep.test_points_per_class = ml_collections.FieldReference(None, field_type=int)  # None: all ranked
     cfg.sweep.test_points_seed = 0
+    # Which ranked test points a sweep may use, judged by the run's final model: 'all',
+    # 'correct' or 'wrong' (its prediction), within test_points_prob_range of gold-class
+    # probability (e.g. (0.5, 0.95): DEL is not measured on saturated points); or the ids
+    # listed in test_point_ids. The judging model is the run itself, so the sweep's seeds
+    # exclude the run's own (exclude_run_seed): a retraining with that seed would be the
+    # selecting model again, and DEL would carry the selection (regression to the mean).
+    cfg.sweep.test_points = "all"
+    cfg.sweep.test_points_prob_range = ml_collections.FieldReference(None, field_type=tuple)
+    cfg.sweep.test_point_ids = ()
+    cfg.sweep.exclude_run_seed = True
     cfg.sweep.epochs = ml_collections.FieldReference(None, field_type=int)  # None: train.epochs
     cfg.sweep.replicas = 0  # retrainings per program; 0: one per device on CPU (results as each ends), else as many as fit in memory
     cfg.sweep.max_replicas = 64

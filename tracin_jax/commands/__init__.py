@@ -79,3 +79,19 @@ def report_weights(what: str, weights) -> None:
     if small and len(weights) > 1:
         log.warning("checkpoint(s) %s hold under 1%% of the total weight (learning rate near 0): they "
                     "contribute almost nothing to %s", small, what)
+
+
+def split_methods(text: str) -> list[str]:
+    """``a,tracin_layer[x,y],b`` -> ``["a", "tracin_layer[x,y]", "b"]`` (commas inside brackets kept)."""
+    out, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            out.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    if current.strip():
+        out.append(current.strip())
+    return out

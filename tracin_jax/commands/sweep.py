@@ -11,10 +11,11 @@ job or a laptop.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tracin_jax import config as config_lib
-from tracin_jax.commands import load_config, no_overrides, print_json
+from tracin_jax.commands import load_config, no_overrides, print_json, split_methods
 from tracin_jax.deletion.plan import manifest_summary
 from tracin_jax.deletion.power import advise_sweep, render_markdown
 from tracin_jax.deletion.report import PAPER_NAMES, sweep_report
@@ -36,9 +37,33 @@ def _sweep_config(args, overrides):
     raise UsageError("sweep plan needs --config or --run")
 
 
+def _plan_options(args) -> list[str]:
+    """The plan's command-line options as config overrides (applied after --config.*)."""
+    extra = []
+    if args.methods:
+        extra.append(f"sweep.methods={tuple(split_methods(args.methods))!r}")
+    if args.test_points:
+        if args.test_points in ("all", "correct", "wrong"):
+            extra.append(f"sweep.test_points={args.test_points}")
+        else:
+            try:
+                ids = [int(i) for i in json.loads(Path(args.test_points).read_text())]
+            except (OSError, ValueError, TypeError) as e:
+                raise UsageError(f"--test-points {args.test_points}: not all/correct/wrong nor a JSON list of "
+                                 f"test ids ({e})") from None
+            extra.append(f"sweep.test_point_ids={tuple(ids)!r}")
+    if args.prob_range:
+        try:
+            low, high = (float(x) for x in args.prob_range.split(","))
+        except ValueError:
+            raise UsageError(f"--prob-range {args.prob_range!r} must be LOW,HIGH", "e.g. 0.5,0.95") from None
+        extra.append(f"sweep.test_points_prob_range={(low, high)!r}")
+    return extra
+
+
 def plan(args, overrides) -> int:
     initialize_distributed()
-    cfg = _sweep_config(args, overrides)
+    cfg = _sweep_config(args, list(overrides) + _plan_options(args))
     run_dir = Path(args.run or Path("runs") / cfg.name)
     manifest = plan_from_run(cfg.sweep, run_dir, Path(args.out), rankings_paths=args.rankings,
                              train_store=args.train_store, test_store=args.test_store,

@@ -29,7 +29,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from tracin_jax.errors import DataError
+from tracin_jax.errors import ConfigError, DataError
 from tracin_jax.files import read_json
 from tracin_jax.rankings import Rankings
 
@@ -131,8 +131,9 @@ class JobSet:
 # ----------------------------------------------------------------------------- test points
 
 def select_test_ids(rankings: Mapping[str, Rankings], per_class: int | None = None,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Test points ranked by every method, class-balanced and seeded when ``per_class``.
+                    seed: int = 0, eligible: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Test points ranked by every method (and in ``eligible`` when given), class-balanced
+    and seeded when ``per_class``.
 
     Returns ``(ids [M] int64, labels [M] int32)`` in the first method's order.
     """
@@ -141,10 +142,16 @@ def select_test_ids(rankings: Mapping[str, Rankings], per_class: int | None = No
     for r in rankings.values():
         common &= set(r.test_ids.tolist())
     ids = np.asarray([t for t in first.test_ids.tolist() if t in common], np.int64)
-    labels = np.asarray([first.test_labels[first.row(t)] for t in ids], np.int32)
     if len(ids) < len(first.test_ids):
         log.warning("%d test points are not ranked by every method; using the %d common ones",
                     len(first.test_ids) - len(ids), len(ids))
+    if eligible is not None:
+        allowed = set(int(i) for i in eligible)
+        ids = np.asarray([t for t in ids.tolist() if t in allowed], np.int64)
+        if not len(ids):
+            raise DataError("no ranked test point passes the test-point filter (sweep.test_points / "
+                            "test_points_prob_range / test_point_ids)", "widen the filter")
+    labels = np.asarray([first.test_labels[first.row(t)] for t in ids], np.int32)
     if per_class is None:
         return ids, labels
     rng = np.random.default_rng(int(seed))
@@ -152,8 +159,8 @@ def select_test_ids(rankings: Mapping[str, Rankings], per_class: int | None = No
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         if len(members) < per_class:
-            raise ValueError(f"class {c} has {len(members)} ranked test points, fewer than "
-                             f"test_points_per_class={per_class}")
+            raise DataError(f"class {c} has {len(members)} eligible ranked test points, fewer than "
+                            f"test_points_per_class={per_class}", "lower it or widen the test-point filter")
         chosen.append(np.sort(rng.choice(members, size=per_class, replace=False)))
     rows = np.concatenate(chosen)
     return ids[rows], labels[rows]
@@ -170,12 +177,28 @@ def positions_of_ids(ids: np.ndarray, wanted: Sequence[int], what: str) -> np.nd
 
 # ----------------------------------------------------------------------------- the plan
 
+def sweep_seeds(sweep_cfg, run_seed: int) -> list[int]:
+    """The sweep's retraining seeds: ``sweep.seeds``, with the run's own training seed replaced
+    by the next unused one when ``sweep.exclude_run_seed`` (the run is the model that judged
+    and ranked the test points; retraining it again would let DEL inherit that selection)."""
+    seeds = [int(s) for s in sweep_cfg.seeds]
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"sweep.seeds must be distinct, non-negative and non-empty, got {seeds}")
+    if sweep_cfg.get("exclude_run_seed", False) and run_seed in seeds:
+        spare = next(s for s in range(max(seeds) + 1, max(seeds) + len(seeds) + 2) if s not in seeds)
+        seeds = [spare if s == run_seed else s for s in seeds]
+        log.info("sweep seeds %s: the run's own seed %d is replaced by %d (sweep.exclude_run_seed)",
+                 seeds, run_seed, spare)
+    return seeds
+
+
 def plan_sweep(setup, run_dir: str | Path, rankings: Mapping[str, Rankings],
                sweep_cfg: ml_collections.ConfigDict, *,
                fix_rankings: Mapping[str, Rankings] | None = None,
                lds_scores: Mapping[str, str] | None = None,
                self_influence: Mapping[str, str] | None = None,
-               flipped_ids: Sequence[int] | None = None) -> dict:
+               flipped_ids: Sequence[int] | None = None,
+               eligible_test_ids: Sequence[int] | None = None) -> dict:
     """The manifest (a dict) of a sweep over ``rankings`` (method name -> Rankings).
 
     Args:
@@ -184,6 +207,7 @@ def plan_sweep(setup, run_dir: str | Path, rankings: Mapping[str, Rankings],
       fix_rankings: rankings (with tokens, for fix (b)) of the targeted-fixing points.
       lds_scores / self_influence: method -> ``.npz`` path (relative to the sweep dir).
       flipped_ids: training ids with planted label flips (mislabel detection).
+      eligible_test_ids: the test points the sweep may use (``sweep.test_points`` filters).
     """
     methods = list(sweep_cfg.methods)
     missing = [m for m in methods if m not in rankings]
@@ -196,9 +220,7 @@ def plan_sweep(setup, run_dir: str | Path, rankings: Mapping[str, Rankings],
     bad = [s for s in signs if s not in SIGNS]
     if bad:
         raise ValueError(f"sweep.signs {bad} not in {sorted(SIGNS)}")
-    seeds = [int(s) for s in sweep_cfg.seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"sweep.seeds must be distinct and non-empty, got {seeds}")
+    seeds = sweep_seeds(sweep_cfg, int(setup.cfg.seed))
     epochs = sweep_cfg.epochs
     fingerprint = training_fingerprint(setup, epochs)
     jobs = JobSet(fingerprint)
@@ -207,7 +229,8 @@ def plan_sweep(setup, run_dir: str | Path, rankings: Mapping[str, Rankings],
     for seed in seeds:
         jobs.add({"kind": "baseline"}, seed)
     test_ids, test_labels = select_test_ids({m: rankings[m] for m in methods},
-                                            sweep_cfg.test_points_per_class, sweep_cfg.test_points_seed)
+                                            sweep_cfg.test_points_per_class, sweep_cfg.test_points_seed,
+                                            eligible=eligible_test_ids)
     train_ids = set(np.asarray(setup.train.ids).tolist())
     for t in test_ids.tolist():
         for m in methods:

@@ -22,7 +22,7 @@ from tracin_jax import mesh as mesh_lib
 from tracin_jax.deletion.cost import choose_num_replicas, estimate_cost
 from tracin_jax.deletion.plan import MANIFEST, manifest_summary, plan_sweep, positions_of_ids
 from tracin_jax.deletion.runner import make_trainer
-from tracin_jax.errors import UsageError
+from tracin_jax.errors import DataError, UsageError
 from tracin_jax.files import atomic_save_npz, atomic_write_json
 from tracin_jax.rankings import load_rankings
 from tracin_jax.stages.gradients import run_context, subset_gradients
@@ -56,6 +56,42 @@ def final_params(run_dir: Path, verify: bool = True):
     params = store.restore_params(step)
     store.close()
     return params
+
+
+def eligible_test_points(setup, run_dir: Path, sweep_cfg, test_ids, *, verify: bool = True) -> list[int] | None:
+    """The ranked test points a sweep may use (``sweep.test_points``, ``test_points_prob_range``,
+    ``test_point_ids``), judged by the run's final model; None = all of them."""
+    explicit = [int(i) for i in sweep_cfg.get("test_point_ids", ()) or ()]
+    kind = str(sweep_cfg.get("test_points", "all") or "all")
+    window = sweep_cfg.get("test_points_prob_range", None)
+    if kind not in ("all", "correct", "wrong"):
+        raise UsageError(f"sweep.test_points={kind!r}", "use all, correct or wrong (or list ids in sweep.test_point_ids)")
+    if explicit:
+        unknown = sorted(set(explicit) - set(int(t) for t in test_ids))
+        if unknown:
+            raise DataError(f"test point ids {unknown[:10]} are not ranked test points",
+                            "list ids of the test store the rankings were made for")
+        return explicit
+    if kind == "all" and window is None:
+        return None
+    rows = positions_of_ids(setup.eval.ids, test_ids, "test point")
+    probs = predict_proba(setup.model, final_params(run_dir, verify), setup.eval.subset(rows),
+                          int(setup.cfg.train.eval_batch_size), mesh_lib.make_local_mesh())
+    labels = np.asarray(setup.eval.labels)[rows]
+    gold = probs[np.arange(len(rows)), labels]
+    keep = np.ones(len(rows), bool)
+    if kind != "all":
+        correct = probs.argmax(-1) == labels
+        keep &= correct if kind == "correct" else ~correct
+    if window is not None:
+        low, high = (float(x) for x in window)
+        if not 0.0 <= low <= high <= 1.0:
+            raise UsageError(f"test_points_prob_range={tuple(window)} must satisfy 0 <= low <= high <= 1")
+        keep &= (gold >= low) & (gold <= high)
+    chosen = [int(t) for t, k in zip(test_ids, keep) if k]
+    log.info("test points: %d of %d ranked ones are %s%s (by the run's final model)", len(chosen), len(rows),
+             kind, "" if window is None else f" with gold-class probability in {tuple(window)}")
+    return chosen
 
 
 def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out_dir: str | Path, *,
@@ -148,9 +184,11 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
                                    with_tokens="pad" in fix_cfg.kinds, allow_mismatch=allow_mismatch)
                             for m in fix_cfg.methods}
 
+    first = ranked[sweep_cfg.methods[0]]
+    eligible = eligible_test_points(setup, run_dir, sweep_cfg, first.test_ids, verify=verify)
     manifest = plan_sweep(setup, run_dir, ranked, sweep_cfg, fix_rankings=fix_rankings,
                           lds_scores=lds_files, self_influence=self_files,
-                          flipped_ids=flipped if self_files else None)
+                          flipped_ids=flipped if self_files else None, eligible_test_ids=eligible)
     counts = manifest_summary(manifest)
     if measure:
         trainer = make_trainer(setup, manifest)
