@@ -1,6 +1,7 @@
 """``tracin-jax score``: top proponents/opponents of each test point with word-level explanations."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -9,7 +10,7 @@ import numpy as np
 from tracin_jax import mesh as mesh_lib
 from tracin_jax.commands import (method_options, no_overrides, parse_part, print_json, read_candidates,
                                  report_weights)
-from tracin_jax.errors import UsageError
+from tracin_jax.errors import OutputExistsError, UsageError
 from tracin_jax.files import atomic_save_npy, atomic_write_json
 from tracin_jax.methods import get_method, merge, score_matrix, top_k
 from tracin_jax.rankings import Rankings
@@ -37,6 +38,22 @@ def write_matrix(path: str | Path, method, test_store, train_store, *, context=N
             "shape": [int(x) for x in matrix.scores.shape]}
 
 
+def check_outputs(out: Path, arguments: dict, overwrite: bool) -> None:
+    """``--out`` may hold this command's own earlier results (rewritten), not others'."""
+    summary = out / "summary.json"
+    if not summary.exists() or overwrite:
+        return
+    try:
+        before = json.loads(summary.read_text()).get("arguments")
+    except (OSError, json.JSONDecodeError):
+        before = None
+    if before != json.loads(json.dumps(arguments)):
+        what = "scores made with other arguments" if before else "scores of unknown origin"
+        differ = [k for k in arguments if (before or {}).get(k) != json.loads(json.dumps(arguments)).get(k)]
+        raise OutputExistsError(f"{out} already holds {what}" + (f" (differ in {differ})" if before else ""),
+                                "use another --out, or pass --overwrite to replace them")
+
+
 def run(args, overrides) -> int:
     no_overrides("score", overrides, "pass method options with --opt key=value")
     if args.out is None and args.matrix is None:
@@ -54,6 +71,11 @@ def run(args, overrides) -> int:
             print_json(written)
             return 0
     out = Path(args.out)
+    arguments = {"method": method.describe(), "test": str(Path(args.test).absolute()),
+                 "train": str(Path(args.train).absolute()), "top": args.top,
+                 "candidates": None if args.candidates is None else str(Path(args.candidates).absolute()),
+                 "merge": None if not args.merge else [str(Path(p).absolute()) for p in args.merge]}
+    check_outputs(out, arguments, args.overwrite)
     if args.merge:
         result = merge([Rankings.load(p) for p in args.merge])
     else:
@@ -70,6 +92,7 @@ def run(args, overrides) -> int:
     if jax.process_index() != 0:  # every process holds the merged result; one writes it
         return 0
     summary = write_outputs(out, result, method, test_store, train_store, context=context,
-                            top_tokens=args.top_tokens, html_top=args.html_top, html=not args.no_html)
+                            top_tokens=args.top_tokens, html_top=args.html_top, html=not args.no_html,
+                            arguments=arguments)
     print_json(summary)
     return 0

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tracin_jax.files import atomic_write_text
 from tracin_jax.methods.explain import ExplainedTestPoint, Neighbor, TokenContribution
 from tracin_jax.report.jsonl import special_share
 
@@ -354,7 +355,7 @@ def render_html(reports: Sequence[ExplainedTestPoint], *, method: dict,
 
 
 def write_html(path: str | Path, reports: Sequence[ExplainedTestPoint], **kwargs) -> None:
-    Path(path).write_text(render_html(reports, **kwargs), encoding="utf-8")
+    atomic_write_text(path, render_html(reports, **kwargs))
 
 
 def encoded_tokens(encoded, decode: Callable[[np.ndarray], list[str]]) -> Callable[[int], list]:

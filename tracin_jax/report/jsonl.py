@@ -5,6 +5,7 @@ import json
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
+from tracin_jax.files import atomic_write_text
 from tracin_jax.methods.explain import ExplainedTestPoint, PairExplanation
 
 # Tokens listed per line (largest |contribution| first among them, then by sign).
@@ -54,10 +55,7 @@ def jsonl_rows(reports: Sequence[ExplainedTestPoint], method: str,
 def write_jsonl(path: str | Path, reports: Sequence[ExplainedTestPoint], method: str,
                 top_tokens: int = DEFAULT_TOP_TOKENS,
                 special_ids: Collection[int] | None = None) -> int:
-    """Writes ``jsonl_rows`` to ``path``; returns the number of lines."""
-    count = 0
-    with open(path, "w", encoding="utf-8") as f:
-        for row in jsonl_rows(reports, method, top_tokens, special_ids):
-            f.write(json.dumps(row, allow_nan=False) + "\n")
-            count += 1
-    return count
+    """Writes ``jsonl_rows`` to ``path`` (atomically); returns the number of lines."""
+    lines = [json.dumps(row, allow_nan=False) for row in jsonl_rows(reports, method, top_tokens, special_ids)]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)

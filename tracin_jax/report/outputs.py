@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from tracin_jax.files import atomic_write_json
 from tracin_jax.methods import get_method
 from tracin_jax.methods.base import MethodError
 from tracin_jax.methods.explain import ExplainedTestPoint, explain_retrieval
@@ -32,7 +32,7 @@ def write_outputs(out_dir: str | Path, retrieval: Rankings, method, test_store, 
                   html_top: int = DEFAULT_HTML_TOP, html: bool = True, extra: dict | None = None,
                   special_ids: Collection[int] | None = None, marks: Mapping[int, str] | None = None,
                   train_marks: Mapping[int, str] | None = None,
-                  more_tests: Sequence[tuple[Rankings, object]] = ()) -> dict:
+                  more_tests: Sequence[tuple[Rankings, object]] = (), arguments: dict | None = None) -> dict:
     """Explains ``retrieval`` word by word and writes the files above; returns the summary.
 
     Args (beyond the stores and the method):
@@ -45,6 +45,8 @@ def write_outputs(out_dir: str | Path, retrieval: Rankings, method, test_store, 
         same method against the same train store (e.g. the demo's planted-trigger
         points, in their own store): appended to the HTML report only (test ids
         already shown are skipped); retrieval.npz and scores.jsonl hold ``retrieval``.
+      arguments: what made these outputs (method, stores, k...), kept in summary.json so a
+        later command can tell whether the directory holds its own results.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,6 +62,8 @@ def write_outputs(out_dir: str | Path, retrieval: Rankings, method, test_store, 
                "checkpoints": [{"step": w.step, "weight": w.weight}
                                for w in method.checkpoint_weights(test_store, train_store)],
                **(extra or {})}
+    if arguments is not None:
+        summary["arguments"] = arguments
     if html:
         groups = [(reports, test_store)] + [
             (explain_retrieval(method, more, store, train_store, context=context), store)
@@ -84,7 +88,7 @@ def write_outputs(out_dir: str | Path, retrieval: Rankings, method, test_store, 
         summary["html"] = str(out / "report.html")
         if more_tests:
             summary["html_test_points"] = len(shown)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_json(out / "summary.json", summary)
     return summary
 
 

@@ -149,6 +149,9 @@ def _extract(setup: RunSetup, run_dir: Path, texts: TextDataset, encoded: Encode
         if not infos:
             raise UsageError(f"no checkpoints in {Path(run_dir) / 'checkpoints'}", "train first")
         chosen = parse_steps(steps, infos)
+        if verify:  # every checkpoint checked before anything is written (one extra restore each)
+            for step in chosen:
+                checkpoints.restore_params(step)
         return extract_gradients(
             setup.model, [(s, infos[s], checkpoints.fingerprint(s)) for s in chosen],
             checkpoints.restore_params, encoded, out_dir,

@@ -389,11 +389,15 @@ def _train(cfg, workdir: Path, *, setup, crash_after_step, progress, keep, verif
     try:
         resumed_from = store.latest_step()
         history: list = []  # per-step metrics since the last log line
+        if resumed_from is not None and resumed_from >= total_steps:
+            log.warning("%s already holds the finished run (step %d of %d): nothing to train; use another "
+                        "--workdir, or --overwrite to start over", workdir, resumed_from, total_steps)
         if resumed_from is not None:
             params, opt_state, meta = store.restore(resumed_from, state.params, state.opt_state)
             state = TrainState(step=jnp.asarray(resumed_from, jnp.int32), params=params, opt_state=opt_state)
-            log.warning("resuming from checkpoint step %d (epoch %.2f) in %s", resumed_from,
-                        meta.get("epoch", 0), workdir)
+            if resumed_from < total_steps:
+                log.warning("resuming from checkpoint step %d (epoch %.2f) in %s", resumed_from,
+                            meta.get("epoch", 0), workdir)
             window = meta.get("log_window") or {}
             history = [dict(zip(window, values)) for values in zip(*window.values())]
         metrics_path = workdir / METRICS_FILE
