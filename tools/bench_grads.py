@@ -44,6 +44,7 @@ from tracin_jax.grads import (  # noqa: E402
     extract_gradients, make_gradient_fn, make_single_device_gradient_fn)
 from tracin_jax.grads.embedding_grads import default_micro_batch  # noqa: E402
 from tracin_jax.models import BertClassifier, BertConfig, init_params  # noqa: E402
+from tracin_jax.models.hf_convert import load_hf_checkpoint  # noqa: E402
 
 # (layers, hidden, heads, intermediate): Google's BERT-tiny, a mid-size one, BERT-base.
 MODEL_SIZES = {
@@ -97,11 +98,14 @@ def device_peak_tflops(dtype: str, override: float | None) -> tuple[float | None
 
 def bench_step(args) -> dict:
     """Forward vs gradient path vs the per-example loop on one batch."""
-    cfg = bert_config(args.model_size, args.dtype, args.seq)
+    if args.hf_dir:  # a real pretrained encoder (e.g. MiniLM-L6-H384), classifier head added
+        cfg, params = load_hf_checkpoint(args.hf_dir, num_labels=NUM_LABELS, dtype=args.dtype)
+    else:
+        cfg = bert_config(args.model_size, args.dtype, args.seq)
+        params = init_params(BertClassifier(cfg), jax.random.key(args.seed), args.seq)
     model = BertClassifier(cfg)
-    params = init_params(model, jax.random.key(args.seed), args.seq)
     rng = np.random.default_rng(args.seed)
-    host_batch = bench.synthetic_batch(rng, args.batch, args.seq, VOCAB_SIZE, NUM_LABELS,
+    host_batch = bench.synthetic_batch(rng, args.batch, args.seq, cfg.vocab_size, NUM_LABELS,
                                        min_len=args.seq // 2)
     mesh = mesh_lib.make_local_mesh()
     params_dev = mesh_lib.replicate(params, mesh)
@@ -137,13 +141,16 @@ def bench_step(args) -> dict:
         fns["forward_microbatched"] = lambda: jax.device_get(forward_micro(params_dev, batch))
     fns.update({name: functools.partial(lambda f: jax.device_get(f(params_dev, batch)), fn)
                 for name, fn in grads.items()})
+    # The public gradient functions check every token id on the host before the call
+    # (docs/design.md, "Token ids"); the jitted function alone, to measure that check.
+    fns["grads_unchecked"] = lambda: jax.device_get(grads["grads"].__wrapped__(params_dev, batch))
     if not args.skip_loop:
         fns["loop"] = loop
     times = bench.interleaved_times(fns, reps=args.reps, warmup=args.warmup)
 
     t = {name: bench.median(v) for name, v in times.items()}
     result = {
-        "model": args.model_size, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
+        "model": args.hf_dir or args.model_size, "dtype": args.dtype, "batch": args.batch, "seq": args.seq,
         "k": args.k, "mode": args.mode, "micro_batch": micro, "reps": args.reps,
         "forward_s": t["forward"], "grads_s": t["grads"],
         "ratio_vs_forward": bench.paired_ratio(times["grads"], times["forward"]),
@@ -152,6 +159,7 @@ def bench_step(args) -> dict:
         f"ratio_{args.mode}_mode": bench.paired_ratio(times["grads"], times["forward"]),
         f"ratio_{other}_mode": bench.paired_ratio(times[f"grads_{other}"], times["forward"]),
         "ratio_no_microbatch": bench.paired_ratio(times["grads_no_microbatch"], times["forward"]),
+        "id_check_overhead": bench.paired_ratio(times["grads"], times["grads_unchecked"]) - 1.0,
         "speedup_vs_loop": (bench.paired_ratio(times["loop"], times["grads"])
                             if "loop" in times else None),
         "times_s": t,
@@ -198,10 +206,13 @@ def bench_store(args) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-size", choices=sorted(MODEL_SIZES), default="L4H256")
+    parser.add_argument("--hf-dir", default=None,
+                        help="a Hugging Face BERT directory (e.g. the MiniLM-L6-H384 of tools/fetch_minilm.sh): "
+                             "its real weights instead of --model-size")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--k", type=int, default=10, help="top-k positions (SPEC eq. 5)")
+    parser.add_argument("--k", type=int, default=10, help="top-k positions (docs/method.md, eq. 5)")
     parser.add_argument("--mode", choices=("vmap", "sum"), default=base_config().grads.mode,
                         help="gradient formulation of the headline numbers (default: cfg.grads.mode)")
     parser.add_argument("--reps", type=int, default=7)

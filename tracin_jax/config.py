@@ -32,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.tokenizer.kind = "word"  # 'bert' | 'roberta' | 'word'
     cfg.tokenizer.path = ml_collections.FieldReference(None, field_type=str)
     cfg.tokenizer.lowercase = True
-    cfg.tokenizer.max_length = 128  # SPEC "Paper settings": max sequence length 128
+    cfg.tokenizer.max_length = 128  # docs/method.md "Paper settings": max sequence length 128
     cfg.tokenizer.vocab_size = 5000
     cfg.tokenizer.min_freq = 1
 
@@ -93,14 +93,14 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.test_points.seed = 0
 
     cfg.grads = ml_collections.ConfigDict()
-    cfg.grads.k = 10  # SPEC eq. 5: top-10 positions by gradient norm
+    cfg.grads.k = 10  # docs/method.md, eq. 5: top-10 positions by gradient norm
     cfg.grads.topk_by = "position"
     cfg.grads.dtype = "float32"
     cfg.grads.batch_size = 32
     cfg.grads.shard_size = 1024
     cfg.grads.mode = "vmap"  # 'vmap' (vmap of per-example grad) | 'sum' (grad of summed loss)
 
-    # Case-deletion sweeps (SPEC "Case-deletion evaluation"; tracin_jax/deletion).
+    # Case-deletion sweeps (docs/method.md "Case-deletion evaluation"; tracin_jax/deletion).
     cfg.sweep = ml_collections.ConfigDict()
     cfg.sweep.methods = ("tracin_we_topk", "tracin_last")
     cfg.sweep.k_grid = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # paper sec. 5, toxicity / AG News

@@ -5,7 +5,7 @@ biases, ...) and saved checkpoints ``c = 1..C`` with learning rates ``η_c``:
 
     ΔW_c   = ‖W_{c+1} − W_c‖                              (c = 1..C−1)
     G(W)_c = Σ_{i ∈ D} η_c ‖∂ℓ(x_i)/∂W_c‖                 (c = 1..C−1)
-    C(W)   = Σ_c G(W)_c / Σ_c ΔW_c                        (SPEC "Analyses", paper sec. 3.1)
+    C(W)   = Σ_c G(W)_c / Σ_c ΔW_c                        (docs/method.md "Analyses", paper sec. 3.1)
 
 A large C(W) means the per-example gradients through W are large while W itself
 barely moves: the examples' contributions cancel (bias terms, late layers). ΔW_c

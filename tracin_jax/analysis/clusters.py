@@ -6,7 +6,7 @@
    models", appendix A).
 2. Influence distance between hard examples a, b (TracIn-WE by default):
 
-       d(a, b) = max(1 − I(a, b) / sqrt(I(a, a) · I(b, b)), 0)            (SPEC "Analyses")
+       d(a, b) = max(1 − I(a, b) / sqrt(I(a, a) · I(b, b)), 0)            (docs/method.md "Analyses")
 
    small when b is a strong proponent of a (d = 0 for identical gradients).
    TracIn scores are symmetric in exact arithmetic; the matrix is symmetrised

@@ -1,7 +1,7 @@
 """Deterministic, fixed-shape batches of an `EncodedDataset`.
 
 Shuffling is a pure function of `(n, seed, epoch)`. A `keep` mask removes
-examples exactly (case deletion, SPEC sec. 2.2): the batches are the full
+examples exactly (case deletion, paper sec. 2.2; docs/method.md): the batches are the full
 epoch order with removed examples filtered out, so a removed example never
 appears, every kept one appears exactly once per epoch, and kept examples keep
 their relative order.

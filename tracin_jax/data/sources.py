@@ -10,7 +10,7 @@ inferred from all rows of both splits).
 TFDS: `ag_news_subset` (field `description`, 4 classes), `glue/mnli` (premise /
 hypothesis pairs, eval split `validation_matched`), `glue/sst2` (field `sentence`,
 labels negative / positive, eval split `validation`) and `wikipedia_toxicity_subtypes`
-(label = `toxicity >= 0.5`) have built-in field defaults (SPEC "Paper settings");
+(label = `toxicity >= 0.5`) have built-in field defaults (docs/method.md "Paper settings");
 any other TFDS name works given `text_field` and `label_field`.
 
 Local files (`tracin_jax.data.files`): `data.files` maps `"train"` and `"eval"` (or

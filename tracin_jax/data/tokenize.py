@@ -11,8 +11,8 @@ Layouts (L = max_length, every row padded to L with `pad_id`, attention mask 0):
 - roberta: `<s> a </s>`, pairs `<s> a </s></s> b </s>`, token_type_ids all 0
   (RoBERTa has a single token type).
 Over-long inputs are truncated longest-first to L tokens including the special
-tokens; the count is logged and returned as `Encoded.num_truncated` (SPEC: max
-sequence length 128).
+tokens; the count is logged and returned as `Encoded.num_truncated` (docs/method.md
+"Paper settings": max sequence length 128).
 
 `encode_dataset` packs a pre-tokenised `TextDataset` (`token_ids` set) as given
 instead of tokenizing: padded with `pad_id`, cut to L (counted and logged likewise).
@@ -40,7 +40,7 @@ from tracin_jax.errors import DataError
 log = logging.getLogger(__name__)
 
 KINDS = ("bert", "roberta", "word", "ids")
-DEFAULT_MAX_LENGTH = 128  # SPEC "Paper settings": max sequence length 128
+DEFAULT_MAX_LENGTH = 128  # docs/method.md "Paper settings": max sequence length 128
 
 
 def default_tokenizer_config() -> ml_collections.ConfigDict:

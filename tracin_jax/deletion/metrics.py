@@ -1,6 +1,6 @@
 """Pure metrics of retraining results: DEL±, AUC-DEL±, bootstraps, LDS, mislabel detection.
 
-Notation (SPEC "Case-deletion evaluation"): for test point x' with gold class c,
+Notation (docs/method.md "Case-deletion evaluation"): for test point x' with gold class c,
 ``DEL±(x', k, I) = E_seeds[f_c(x'; Θ_{±;k})] − E_seeds[f_c(x'; Θ)]`` and
 ``AUC-DEL± = mean over the k grid of DEL±``, averaged over test points.
 

@@ -1,8 +1,8 @@
 """Per-example gradients w.r.t. the word-embedding inputs, sharded over devices.
 
 For example x with ids (x_1..x_L) and word embeddings e_i = E[x_i] (before
-position/type embeddings), ``g_i = d loss(x) / d e_i`` (SPEC "Word-embedding
-gradients"). Computed as ``jax.vmap(jax.grad(per_example_loss))`` over the batch
+position/type embeddings), ``g_i = d loss(x) / d e_i`` (docs/method.md
+"Word-embedding gradients"). Computed as ``jax.vmap(jax.grad(per_example_loss))`` over the batch
 with parameters closed over: no weight-gradient work, only the backward pass
 through activations. The batch is split over the mesh's ``data`` axis with
 ``jax.shard_map`` (pmap's successor): each device runs the vmapped gradient on its

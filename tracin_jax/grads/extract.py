@@ -145,7 +145,8 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
     if progress and total:
         from tqdm.auto import tqdm
         bar = tqdm(total=sum(len(range(*writer.shard_range(i))) for v in todo.values() for i in v),
-                   desc=f"grads[{split}]", unit="ex", dynamic_ncols=True)
+                   desc=f"grads[{split}] {writer.num_examples} examples x {len(todo)} checkpoints",
+                   unit="record", dynamic_ncols=True)
     t0, done = time.time(), 0
     for step, shards in todo.items():
         if not shards:

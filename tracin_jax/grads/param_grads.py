@@ -1,4 +1,4 @@
-"""Per-example gradients w.r.t. named parameter groups (SPEC ``tracin_layer[name]`` / ``tracin_all``).
+"""Per-example gradients w.r.t. named parameter groups (``tracin_layer[name]`` / ``tracin_all``, docs/method.md).
 
 For a set of parameter paths W (one or more groups of ``models.parameter_groups``,
 biases excluded unless asked), the per-example gradient is ``∂ℓ(x)/∂W`` flattened

@@ -1,4 +1,4 @@
-"""TracIn-WE pair scores between blocks of per-token vectors (SPEC eq. 4 / eq. 6).
+"""TracIn-WE pair scores between blocks of per-token vectors (eq. 4 / eq. 6, docs/method.md).
 
 For examples a and b with per-token vectors (ids padded with -1, each token at
 most once per example, as ``token_vectors`` returns them) the per-checkpoint score is
@@ -242,7 +242,7 @@ def default_backend() -> str:
 def pair_token_contributions(
     a_ids: jax.Array, a_vecs: jax.Array, b_ids: jax.Array, b_vecs: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    """Word-level decomposition of one pair's score (SPEC sec. 4.3).
+    """Word-level decomposition of one pair's score (paper sec. 4.3; docs/method.md).
 
     Args: a_ids [T], a_vecs [T, D], b_ids [S], b_vecs [S, D] (ids padded with -1).
     Returns:

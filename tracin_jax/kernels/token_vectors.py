@@ -1,4 +1,4 @@
-"""Per-token word-embedding gradient vectors (SPEC "Word-embedding gradients").
+"""Per-token word-embedding gradient vectors (docs/method.md "Word-embedding gradients").
 
 For one example with token ids ``x = (x_1..x_L)`` and per-position gradients
 ``g_i = dℓ/de_i`` (``e_i = E[x_i]``), the per-token vector of token ``w`` is
@@ -154,7 +154,7 @@ def token_vectors_batch(
 def validate_token_ids(token_ids, mask, vocab_size: int) -> None:
     """Host-side check: every real (unmasked) token id lies in ``[0, vocab_size)``.
 
-    SPEC: ids outside the embedding table are an error, never a silent zero.
+    docs/method.md: ids outside the embedding table are an error, never a silent zero.
     token_ids, mask: [..., L]. Raises ValueError naming the offending ids.
     """
     ids = np.asarray(token_ids)

@@ -1,4 +1,4 @@
-"""Influence methods over gradient stores, one registry by name (SPEC "Methods").
+"""Influence methods over gradient stores, one registry by name (docs/method.md "Methods").
 
 Every method returns scores with **score > 0 = proponent**; each module documents
 its formula and how it maps to that convention.

@@ -4,7 +4,7 @@ A method scores a block of test records against a block of training records, one
 checkpoint at a time; the retrieval engine (``methods.retrieval``) sums the
 per-checkpoint scores with the method's checkpoint weights (``η_c`` for the TracIn
 family, a single 1.0 at the final checkpoint for influence functions and
-representer points) and ranks them. All methods follow SPEC's sign convention:
+representer points) and ranks them. All methods follow the sign convention of docs/method.md:
 **score > 0 = proponent** (training on x lowered the loss on x').
 
 A *block* is a dict of per-record numpy arrays read from a gradient store (the

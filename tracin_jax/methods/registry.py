@@ -1,4 +1,4 @@
-"""The method registry: names (SPEC "Methods") -> method instances."""
+"""The method registry: names (docs/method.md "Methods") -> method instances."""
 from __future__ import annotations
 
 import re

@@ -6,7 +6,7 @@ tracin_last with the feature similarity ⟨a, a'⟩ replaced by the TF-IDF cosin
 the two texts (scikit-learn ``TfidfVectorizer`` fitted on the training texts,
 rows L2-normalised so the dot product is the cosine). The paper writes a leading
 minus; like tracin_last, ⟨p−y, p'−y'⟩ > 0 is the proponent direction, so we drop
-it (SPEC: score > 0 = proponent). The cosine is ≥ 0, so the sign is the sign of
+it (docs/method.md: score > 0 = proponent). The cosine is ≥ 0, so the sign is the sign of
 the loss-gradient agreement.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def lowest_tfidf_candidates(test_texts: Sequence[str], train_texts: Sequence[str
                             **vectorizer_options) -> list[np.ndarray]:
     """Per test text, the ids of the ``num_candidates`` training texts least similar to it.
 
-    SPEC "No-word-overlap experiment": the candidates of x' are the training examples
+    docs/method.md "No-word-overlap experiment": the candidates of x' are the training examples
     with the lowest TF-IDF cosine to x' (5,000 in the paper). Ties are broken by
     training position. Returns one ``[num_candidates] int64`` array per test text
     (pass them as ``per_test_candidates`` to retrieval).

@@ -3,7 +3,7 @@
 For a linear classifier ``logits = a W + b`` (a = the classifier input, stored as
 ``features [H]``; ``p − y`` stored as ``p_minus_y [C]``) the per-example kernel
 gradient is ``∂ℓ/∂W = a (p − y)ᵀ``, so last-layer scores never need more than the
-store. The bias is excluded (SPEC ``tracin_last``).
+store. The bias is excluded (docs/method.md, ``tracin_last``).
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class TracInLast(ArrayMethod):
 
 
 class Representer(ArrayMethod):
-    """``representer``: representer point selection at the final checkpoint (SPEC eq. 1).
+    """``representer``: representer point selection at the final checkpoint (eq. 1, docs/method.md).
 
     ``score(x, x') = −1/(2λn) · ∂ℓ(x)/∂f_j(x) · a(x)ᵀa(x')`` with ``j`` the
     ground-truth class of x' and n the number of training examples. ``∂ℓ/∂f_j =
@@ -128,7 +128,7 @@ class InfluenceLast(ArrayMethod):
     Sign: influence functions (Koh & Liang 2017) define ``I(x, x') =
     −∇ℓ(x')ᵀ H⁻¹ ∇ℓ(x)``, the change of ℓ(x') per unit up-weighting of x. We
     report its negative, so that score > 0 means up-weighting x lowers ℓ(x'):
-    a proponent, as SPEC requires. Computed as ``aᵀ V' (p−y)`` with the test side
+    a proponent, as docs/method.md requires. Computed as ``aᵀ V' (p−y)`` with the test side
     pre-solved, ``V' = (H + λI)⁻¹ ∇ℓ(x')`` reshaped ``[H, C]``.
     """
 

@@ -1,13 +1,13 @@
 """TracIn on the word-embedding layer: tracin_we, tracin_we_topk, tracin_we_noc, tracin_common.
 
 With per-token vectors ``G_w(x) = Σ_{i: x_i = w} ∂ℓ(x)/∂e_i`` (the rows of the
-embedding-table gradient, SPEC eq. 3) stored per checkpoint,
+embedding-table gradient, eq. 3 of docs/method.md) stored per checkpoint,
 
-    tracin_we(x, x') = Σ_c η_c Σ_{w ∈ x ∩ x'} ⟨G_w(x), G_w(x')⟩          (SPEC eq. 4)
+    tracin_we(x, x') = Σ_c η_c Σ_{w ∈ x ∩ x'} ⟨G_w(x), G_w(x')⟩          (eq. 4)
 
 which is ``Σ_c η_c ⟨∂ℓ(x)/∂E_c, ∂ℓ(x')/∂E_c⟩``: one SGD step of size η_c on x
 changes ℓ(x') by ``−η_c ⟨·,·⟩`` to first order, so score > 0 = proponent (the
-paper's leading minus is dropped, SPEC "Sign convention"). Variants:
+paper's leading minus is dropped, docs/method.md "Sign convention"). Variants:
 
 - ``tracin_we_topk``: the same with ``G^k`` (top-k positions by ``‖g_i‖``, eq. 6)
   on both sides; needs stores extracted with that k.
@@ -32,14 +32,14 @@ from tracin_jax.methods.base import ArrayMethod, MethodError, shared_checkpoints
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOPK = 10  # SPEC eq. 5: top-10 positions by gradient norm
+DEFAULT_TOPK = 10  # docs/method.md, eq. 5: top-10 positions by gradient norm
 # Sec. 4.5 removes stop words and punctuation; a token in more than 10% of the
 # training documents is treated as one (a named default, configurable).
 DEFAULT_DF_THRESHOLD = 0.1
 
 
 class TracInWE(ArrayMethod):
-    """``tracin_we``: exact TracIn-WE (SPEC eq. 4); needs stores extracted with k=None."""
+    """``tracin_we``: exact TracIn-WE (eq. 4, docs/method.md); needs stores extracted with k=None."""
 
     name = "tracin_we"
     fields = ("token_ids", "vectors")
@@ -91,7 +91,7 @@ class TracInWE(ArrayMethod):
 
 
 class TracInWETopK(TracInWE):
-    """``tracin_we_topk``: TracIn-WE with ``G^k`` on both sides (SPEC eq. 6)."""
+    """``tracin_we_topk``: TracIn-WE with ``G^k`` on both sides (eq. 6, docs/method.md)."""
 
     name = "tracin_we_topk"
 

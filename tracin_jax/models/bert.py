@@ -10,7 +10,7 @@ PyTorch models). The module is used functionally:
 
 `inputs_embeds` replaces the word-embedding lookup E[x] only; position and
 token-type embeddings and the embedding LayerNorm are applied after it, so
-gradients w.r.t. the word embeddings (SPEC "Word-embedding gradients") come from
+gradients w.r.t. the word embeddings (docs/method.md "Word-embedding gradients") come from
 exactly the code path used in training.
 
 Parameter layout (params are always float32; `dtype` is the compute dtype):

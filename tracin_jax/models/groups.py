@@ -1,4 +1,4 @@
-"""Named parameter groups (SPEC: tracin_layer[name], cancellation ratio per layer).
+"""Named parameter groups (docs/method.md: tracin_layer[name], cancellation ratio per layer).
 
 Groups partition every parameter exactly once:
     BERT/RoBERTa: word_embedding | embeddings (position, type, LayerNorm) |

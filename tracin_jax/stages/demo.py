@@ -7,7 +7,6 @@ check: precision@10 of tracin_we_topk vs tracin_last proponents.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from tracin_jax import mesh as mesh_lib
+from tracin_jax.files import atomic_write_json
 from tracin_jax.methods import precision_at_k, top_k
 from tracin_jax.report.outputs import write_outputs
 from tracin_jax.stages.demo_deletion import run_deletion_demo
@@ -51,9 +51,36 @@ def run_demo(cfg: ml_collections.ConfigDict, out: Path, *, progress: bool = True
     if table.exists() and not progress:
         print(f"[demo] case deletion ({out / 'deletion' / 'report'}):\n{table.read_text()}")
     summary["deletion"] = {"report": str(out / "deletion" / "report"),
-                           **{k: v for k, v in deletion.items() if isinstance(v, (int, float, str))}}
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+                           **{k: v for k, v in deletion.items() if isinstance(v, (int, float, str))},
+                           "auc_del": {m: {sign: deletion["deletion"][m][sign]["auc_del"] for sign in deletion["signs"]}
+                                       for m in deletion["methods"]},
+                           "auc_del_ci": {m: {sign: deletion["deletion"][m][sign].get("auc_del_ci")
+                                              for sign in deletion["signs"]} for m in deletion["methods"]},
+                           "test_points": deletion["test_points"], "seeds": deletion["seeds"],
+                           "k_grid": deletion["k_grid"]}
+    atomic_write_json(out / "demo_summary.json", summary)
+    _closing(out, summary)
     return summary
+
+
+def _closing(out: Path, summary: dict) -> None:
+    """What the demo produced, what to open first, and how to go on from the command line."""
+    files = [
+        (out / "scores" / "report.html", "the report: each test point, its proponents and opponents, words highlighted"),
+        (out / "deletion" / "report" / "deletion_curves.png", "DEL+/DEL- curves of the case-deletion sweep"),
+        (out / "deletion" / "report" / "table.md", "AUC-DEL with intervals (Table 4 of the paper, planted data)"),
+        (out / "scores" / "scores.jsonl", "one line per (test point, proponent/opponent, rank), for scripts"),
+        (out / "demo_summary.json", "every number above"),
+    ]
+    print("\n[demo] done. Open first:")
+    for path, what in files:
+        print(f"  {path}\n      {what}")
+    print("[demo] the run, its gradient stores and scores are ordinary tracin-jax artifacts; from here:\n"
+          "  . .venv/bin/activate            # puts tracin-jax on your PATH (or call .venv/bin/tracin-jax)\n"
+          f"  tracin-jax explain --run {out / 'run'} --test {out / 'grads' / 'test'} --train "
+          f"{out / 'grads' / 'train'} --test-id {summary['example_pair']['test_id']} "
+          f"--train-id {summary['example_pair']['train_id']}\n"
+          "  tracin-jax --help")
 
 
 # Neighbors kept per test point in the demo report; precision@K of the trigger check.
@@ -127,4 +154,6 @@ def score_and_report(setup, run_dir: Path, out: Path, *, progress: bool = True) 
           f"-> {out / 'scores' / 'scores.jsonl'}, report {report['html']}")
     summary["scores"] = str(out / "scores")
     summary["report"] = report["html"]
+    # A pair to try `tracin-jax explain` on: the first test point and its top proponent.
+    summary["example_pair"] = {"test_id": int(result.test_ids[0]), "train_id": int(result.proponents.ids[0, 0])}
     return summary
