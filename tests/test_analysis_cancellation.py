@@ -1,4 +1,4 @@
-"""Cancellation ratio and gradient cosine similarity (SPEC "Analyses", paper sec. 3.1–3.3).
+"""Cancellation ratio and gradient cosine similarity (docs/method.md "Analyses", paper sec. 3.1–3.3).
 
 A bag-of-embeddings classifier with hand-set parameters gives closed-form
 gradients (∂ℓ/∂b = p − y, ∂ℓ/∂K = a (p − y)ᵀ), so C(W), G(W)_c, ΔW_c and the

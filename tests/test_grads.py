@@ -1,4 +1,4 @@
-"""Per-example word-embedding gradients: SPEC identities and sharded == single device."""
+"""Per-example word-embedding gradients: the docs/method.md identities and sharded == single device."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,7 +49,7 @@ def _setup(name):
 
 
 def _dense_table_grad(model, params, batch, row):
-    """d loss(x_row) / d E (the full [V, D] table gradient): SPEC eq. 3."""
+    """d loss(x_row) / d E (the full [V, D] table gradient): eq. 3, docs/method.md."""
     def loss(table):
         p = jax.tree_util.tree_map(lambda x: x, params)
         node = p
@@ -141,7 +141,7 @@ def test_topk_keeps_largest_positions():
 
 
 def test_tracin_sign_convention_by_one_sgd_step():
-    """SPEC: one SGD step of size eta on the embedding table with example x changes
+    """docs/method.md "Sign convention": one SGD step of size eta on the embedding table with example x changes
     loss(x') by -eta * tracin_we(x, x') to first order (central finite difference)."""
     model, params, batch = _setup("bert")
     params = jax.tree_util.tree_map(lambda t: t, params)

@@ -1,5 +1,5 @@
 """Tests for tracin_jax.kernels.token_vectors against a NumPy reference and the
-dense embedding-table gradient (SPEC eq. 3 / eq. 5)."""
+dense embedding-table gradient (docs/method.md, eq. 3 / eq. 5)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,7 +173,7 @@ def test_jit_and_vmap_equal_eager(k, topk_by):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_exact_vectors_equal_dense_table_gradient(seed):
-    """SPEC eq. 3: G_w = row w of dℓ/dE; rows of absent tokens are zero."""
+    """docs/method.md, eq. 3: G_w = row w of dℓ/dE; rows of absent tokens are zero."""
     vocab, dim, length, pad_id = 50, 8, 20, 0
     rng = np.random.default_rng(seed)
     table = jnp.asarray(rng.normal(size=(vocab, dim)), jnp.float32)

