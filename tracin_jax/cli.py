@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(docs/method.md, eq. 5); 0 = exact per-token vectors (default: the run's grads.k)")
     p.add_argument("--topk-by", default=None, choices=("position", "token"),
                    help="rank single positions (the paper's) or merged tokens (default: the run's grads.topk_by)")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+    p.add_argument("--dtype", "--store-dtype", dest="dtype", default=None,
+                   choices=("float32", "bfloat16", "float16"),
                    help="storage dtype of the vectors; scores are always summed in float32 "
                         "(default: the run's grads.dtype)")
     p.add_argument("--shard-size", type=int, default=None,
@@ -379,11 +380,17 @@ def _one_line(text: str, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose", "--debug")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # --config.a.b=v overrides are collected here; argparse sees the rest.
     overrides = [a for a in argv if a.startswith("--config.")]
-    args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    # -q / -v / --debug are accepted before or after the command (`tracin-jax train ... -q`).
+    anywhere = [a for a in argv if a in GLOBAL_FLAGS]
+    rest = [a for a in argv if not a.startswith("--config.") and a not in GLOBAL_FLAGS]
+    args = build_parser().parse_args(anywhere + rest)
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     _setup_logging(args.verbose, args.quiet)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

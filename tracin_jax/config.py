@@ -95,7 +95,10 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.grads = ml_collections.ConfigDict()
     cfg.grads.k = 10  # docs/method.md, eq. 5: top-10 positions by gradient norm
     cfg.grads.topk_by = "position"
-    cfg.grads.dtype = "float32"
+    # Storage dtype of the per-token vectors (scores are always summed in float32): bfloat16
+    # halves the store and its read time and kept 99.6% of the top-100 proponents of float32
+    # (tools/bench_kernel.py --store-dtype bfloat16); float32 keeps exact vectors.
+    cfg.grads.dtype = "bfloat16"
     cfg.grads.batch_size = 32
     cfg.grads.shard_size = 1024
     cfg.grads.mode = "vmap"  # 'vmap' (vmap of per-example grad) | 'sum' (grad of summed loss)
@@ -118,6 +121,11 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.sweep.test_points_prob_range = ml_collections.FieldReference(None, field_type=tuple)
     cfg.sweep.test_point_ids = ()
     cfg.sweep.exclude_run_seed = True
+    # No-removal retrainings averaged into DEL's baseline: one per sweep seed, then further
+    # seeds (never the run's own) up to this count. Each removal is its own retraining, but the
+    # baseline is shared by every DEL of the sweep, so its retraining noise shifts all DEL alike
+    # unless averaged over several models (docs/method.md "Case-deletion evaluation").
+    cfg.sweep.baseline_retrains = 10
     cfg.sweep.epochs = ml_collections.FieldReference(None, field_type=int)  # None: train.epochs
     cfg.sweep.replicas = 0  # retrainings per program; 0: one per device on CPU (results as each ends), else as many as fit in memory
     cfg.sweep.max_replicas = 64
@@ -156,7 +164,7 @@ def base_config() -> ml_collections.ConfigDict:
 # what is fixed by the dataset's files or by the paper is filled in here.
 
 def use_tfds(cfg: ml_collections.ConfigDict, name: str, *, train_split: str, eval_split: str,
-             text_field: str, label_field: str, max_train: int | None, max_eval: int | None,
+             text_field: str | None, label_field: str | None, max_train: int | None, max_eval: int | None,
              pair_field: str | None = None) -> ml_collections.ConfigDict:
     """Data from the TFDS dataset ``name`` (``data.source = 'tfds'``).
 
@@ -172,6 +180,19 @@ def use_tfds(cfg: ml_collections.ConfigDict, name: str, *, train_split: str, eva
     cfg.data.label_field = label_field
     cfg.data.max_train = max_train
     cfg.data.max_eval = max_eval
+    return cfg
+
+
+def use_sst2(cfg: ml_collections.ConfigDict, *, max_train: int | None) -> ml_collections.ConfigDict:
+    """GLUE SST-2 from TFDS ``glue/sst2`` (train split ``train``, eval split ``validation``,
+    labels negative / positive), ``max_train`` training sentences (None: all 67,349).
+
+    ``text_field`` / ``label_field`` stay None: TFDS's ``sentence`` / ``label``, and with
+    ``--config.data.source=files`` a file's ``text`` / ``label`` columns (0 = negative).
+    """
+    use_tfds(cfg, "glue/sst2", train_split="train", eval_split="validation", text_field=None,
+             label_field=None, max_train=max_train, max_eval=None)
+    cfg.data.label_names = ("negative", "positive")
     return cfg
 
 

@@ -58,6 +58,7 @@ def run(args, overrides) -> int:
     no_overrides("score", overrides, "pass method options with --opt key=value")
     if args.out is None and args.matrix is None:
         raise UsageError("score needs --out (rankings and report) or --matrix (the dense scores)")
+    part = parse_part(args.part)  # usage errors before any work
     mesh_lib.initialize_distributed()
     test_store, train_store = GradientStore(args.test), GradientStore(args.train)
     context = run_context(args.run, verify=not args.no_verify) if args.run else None
@@ -80,7 +81,6 @@ def run(args, overrides) -> int:
         result = merge([Rankings.load(p) for p in args.merge])
     else:
         candidates, per_test = read_candidates(args.candidates)
-        part = parse_part(args.part)
         result = top_k(method, test_store, train_store, args.top, context=context,
                        mesh=mesh_lib.make_local_mesh(), candidates=candidates,
                        per_test_candidates=per_test, part=part, progress=not args.no_progress)

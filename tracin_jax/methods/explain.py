@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from tracin_jax.errors import UsageError
 from tracin_jax.methods.base import Block, Method, MethodError
 from tracin_jax.methods.registry import get_method
 from tracin_jax.methods.retrieval import check_finite_scores
@@ -66,13 +67,16 @@ def _top_by_magnitude(tokens, top):
 # ----------------------------------------------------------------------------- reading records
 
 def positions_of(store: GradientStore, example_ids: Sequence[int]) -> np.ndarray:
-    """Store rows of ``example_ids`` (ValueError naming ids the store does not hold)."""
+    """Store rows of ``example_ids`` (UsageError naming ids the store does not hold)."""
     step = store.checkpoints[0].step
     all_ids = np.concatenate([s["example_id"] for s in store.iter_shards(step, fields=("example_id",))])
     index = {int(e): i for i, e in enumerate(all_ids)}
     missing = [int(e) for e in example_ids if int(e) not in index]
     if missing:
-        raise ValueError(f"example ids {missing[:10]} are not in store {store.directory}")
+        lo, hi = int(all_ids.min()), int(all_ids.max())
+        raise UsageError(f"example ids {missing[:10]} are not in store {store.directory} "
+                         f"({len(all_ids)} examples, ids {lo}..{hi})",
+                         "pick ids from the store's split (scores.jsonl lists test_id / train_id)")
     return np.asarray([index[int(e)] for e in example_ids], np.int64)
 
 
