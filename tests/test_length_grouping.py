@@ -5,6 +5,8 @@ trimming drops only all-padding columns, so models give the same outputs, and th
 retraining engine reproduces ``train`` with both options on, dropout included.
 """
 
+import itertools
+
 import jax
 import numpy as np
 import pytest
@@ -149,7 +151,7 @@ def test_engine_equals_train_with_grouping_and_trimming(grouped_setup, tmp_path,
     """One replica at a time (the CPU default): the same batches, lengths and dropout masks as
     ``train``; the trimmed calls are runs of one length (multi-step calls and single steps)."""
     setup = grouped_setup
-    monkeypatch.setattr(schedule, "SMALL_CALL_STEPS", 3)  # 12-step epochs: runs of 4-5 steps
+    monkeypatch.setattr(schedule, "TRIMMED_CALL_STEPS", 3)  # 12-step epochs: runs of 4-5 steps
     rng = np.random.default_rng(0)
     keep = np.ones(len(setup.train), bool)
     keep[rng.choice(len(keep), 20, replace=False)] = False
@@ -168,7 +170,9 @@ def test_engine_equals_train_with_grouping_and_trimming(grouped_setup, tmp_path,
     calls = schedule.plan_calls(active, widths, schedule.chunk_length(trainer.n, 16, 256, trimmed=True))
     assert [s for a, b, _ in calls for s in range(a, b)] == list(range(spe))
     assert len({length for *_, length in calls}) >= 2
-    assert {b - a for a, b, _ in calls} == {1, 3}
+    assert all(widths[s] == w for a, b, w in calls for s in range(a, b))  # one width a call
+    runs = [len(list(g)) for _, g in itertools.groupby(widths)]  # runs of one width, at most 3 a call
+    assert [b - a for a, b, _ in calls] == [min(3, r - i) for r in runs for i in range(0, r, 3)]
     assert max(length for *_, length in calls) <= 24
 
 

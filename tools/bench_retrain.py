@@ -34,6 +34,23 @@ The last line printed is one JSON object.
     python tools/bench_retrain.py --config configs/sst2_minilm.py --replicas 2 \
         --config.data.max_train=5000 --config.tokenizer.max_length=48   # any experiment's model
     python tools/bench_retrain.py --replicas 64 --steps 157   # a GPU
+
+``--end-to-end`` times real ``tracin-jax sweep run`` jobs instead (``end_to_end``): it plans
+a small sweep of the same model and data in a temporary directory (an untrained run
+directory: a sweep retrains from the run's initial state), with full-data jobs (the
+baselines, and removals of ``--remove`` examples) and as many LDS jobs at α = 0.5 (half the
+training set, so half the steps), in the order full, half, full, half, ..., runs it with the
+real runner (``deletion.runner.run_sweep``, one job at a time), and reads each job's wall time
+(from the time its result file was written to the next one's: setup, placement, initial
+state, compilation, training, evaluation and result writing) and the runner's own split
+(``timing`` in each result: training steps, compilation, evaluation). The first job of each
+kind compiles its programs (once per worker, not per job) and is left out of the steady
+state. The last line holds ``train_step_fraction`` (the steady-state jobs' time in training
+steps over their wall time; target >= 0.8) and ``half_steps_time_ratio`` (median wall time of
+an α = 0.5 job over a full one; target <= 0.6, ideal 0.5).
+
+    python tools/bench_retrain.py --end-to-end                 # synthetic data, 5,000 examples
+    python tools/bench_retrain.py --end-to-end --sst2 DATA/sst2   # SST-2: 5,000 sentences, all of dev
 """
 from __future__ import annotations
 
@@ -71,12 +88,12 @@ def bench_config(args):
         cfg.data.train_split, cfg.data.eval_split = "train", "validation"
         cfg.data.text_field, cfg.data.label_field = "text", "label"
         cfg.data.label_names = ("negative", "positive")
-        cfg.data.max_train, cfg.data.max_eval = args.num_train, 200
+        cfg.data.max_train, cfg.data.max_eval = args.num_train, args.num_eval
         data = f"sst2:{args.num_train}"
     else:
         cfg.data.source = "synthetic"
         cfg.data.synthetic.num_train = args.num_train
-        cfg.data.synthetic.num_eval = 200
+        cfg.data.synthetic.num_eval = args.num_eval
         data = f"synthetic:{args.num_train}"
     cfg.tokenizer.kind = "word"
     cfg.tokenizer.vocab_size = 5000
@@ -187,12 +204,125 @@ def trainer_loop_way(setup, specs, steps: int):
     return measure
 
 
+def end_to_end(args) -> dict:
+    """Real ``sweep run`` jobs, full-data and α = 0.5, timed end to end (module docstring).
+
+    Uses only what ``tracin-jax sweep plan/run`` use (``plan_sweep``, ``run_sweep``, result
+    files), so it also times older versions of the package (their results may lack the
+    runner's ``timing`` split: then only wall times are reported).
+    """
+    import shutil
+    import tempfile
+
+    from tracin_jax.deletion.plan import plan_sweep
+    from tracin_jax.deletion.runner import run_sweep
+    from tracin_jax.train import prepare_run
+    try:
+        from tracin_jax.rankings import Rankings
+    except ImportError:  # versions before the rankings artifact moved
+        from tracin_jax.deletion.rankings import Rankings
+
+    cfg, data = bench_config(args)
+    work = Path(tempfile.mkdtemp(prefix="bench_retrain_e2e_"))
+    try:
+        run_dir, sweep_dir = work / "run", work / "sweep"
+        setup = prepare_run(cfg, run_dir)  # config + tokenizer: what sweep run loads
+        jobs = int(args.jobs)
+        sweep = cfg.sweep
+        sweep.methods, sweep.signs, sweep.k_grid = ("random",), ("+",), (int(args.remove),)
+        sweep.seeds = tuple(range(1, jobs + 1))
+        sweep.lds.num_subsets, sweep.lds.alpha = 2 * jobs, 0.5
+        sweep.fix.num_points, sweep.replicas, sweep.num_devices = 0, 1, 1
+        # One test point, "ranked" at random: jobs*(baseline + removal of --remove) full-data jobs.
+        rng = np.random.default_rng(0)
+        picks = rng.choice(np.asarray(setup.train.ids), size=(1, 2 * int(args.remove)), replace=False)
+        rankings = {"random": Rankings.from_ids("random", np.asarray(setup.eval.ids)[:1],
+                                                np.asarray(setup.eval.labels)[:1],
+                                                picks[:, :args.remove], picks[:, args.remove:])}
+        manifest = plan_sweep(setup, run_dir, rankings, sweep)
+        full = [j for j in manifest["jobs"] if not j.get("subset")]
+        half = [j for j in manifest["jobs"] if j.get("subset")]
+        manifest["jobs"] = [j for pair in zip(full, half) for j in pair]  # full, half, full, half, ...
+        kind = {j["id"]: "half" if j.get("subset") else "full" for j in manifest["jobs"]}
+        sweep_dir.mkdir(parents=True)
+        (sweep_dir / "manifest.json").write_text(json.dumps(manifest))
+        del setup  # the worker loads the run itself, as sweep run does
+
+        t_start = time.time()
+        run_sweep(sweep_dir, replicas=1, progress=False, echo=None)
+        t_end = time.time()
+        records = []
+        for path in (sweep_dir / "results").glob("*.json"):
+            result = json.loads(path.read_text())
+            records.append((path.stat().st_mtime, result))
+        if len(records) != len(manifest["jobs"]):
+            raise RuntimeError(f"{len(records)} results for {len(manifest['jobs'])} jobs")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    records.sort(key=lambda r: r[0])
+    rows, previous, seen = [], t_start, set()
+    for finished, result in records:
+        timing = result.get("timing") or {}
+        k = kind[result["id"]]
+        rows.append({"kind": k, "steps": int(result["steps"]), "wall_s": finished - previous,
+                     "train_steps_s": timing.get("train_steps_s"), "compile_s": timing.get("compile_s"),
+                     "eval_s": timing.get("eval_s"), "job_s": float(result["wall_time_s"]),
+                     "warmup": k not in seen})
+        seen.add(k)
+        previous = finished
+    for row in rows:
+        print(f"{row['kind']:>4} job: {row['steps']:4d} steps, {row['wall_s']:6.2f} s wall"
+              + (f", {row['train_steps_s']:6.2f} s training steps, {row['compile_s']:5.2f} s compiling, "
+                 f"{row['eval_s']:5.2f} s evaluating" if row["train_steps_s"] is not None else "")
+              + (" (first of its kind: compiles)" if row["warmup"] else ""), file=sys.stderr)
+    steady = [r for r in rows if not r["warmup"]]
+
+    def med(kind_, key):
+        return float(np.median([r[key] for r in steady if r["kind"] == kind_]))
+
+    def fraction(selected):
+        if not selected or any(r["train_steps_s"] is None for r in selected):
+            return None
+        return sum(r["train_steps_s"] for r in selected) / sum(r["wall_s"] for r in selected)
+
+    timed = all(r["train_steps_s"] is not None for r in rows)
+    first = rows[0]
+    results = {
+        "bench": "retrain_end_to_end", "device": jax.devices()[0].device_kind,
+        "platform": jax.devices()[0].platform, "model": "bert L2 H128 A2 I512", "data": data,
+        "evaluated_per_job": len(manifest["eval_points"]) + len(manifest["heldout_rows"]),
+        "max_length": int(cfg.tokenizer.max_length), "batch_size": int(cfg.train.batch_size),
+        "epochs": int(manifest["epochs"]), "jobs_full": sum(r["kind"] == "full" for r in rows),
+        "jobs_half": sum(r["kind"] == "half" for r in rows), "steady_jobs": len(steady),
+        "full_steps": int(np.median([r["steps"] for r in rows if r["kind"] == "full"])),
+        "half_steps": int(np.median([r["steps"] for r in rows if r["kind"] == "half"])),
+        "full_job_s": med("full", "wall_s"), "half_job_s": med("half", "wall_s"),
+        "total_s": t_end - t_start,
+        # before the first job: loading the run, the trainer, the first group's claims
+        "worker_setup_s": first["wall_s"] - first["job_s"],
+        "first_jobs_compile_s": (sum(r["compile_s"] for r in rows if r["warmup"]) if timed else None),
+        "train_step_fraction_full": fraction([r for r in steady if r["kind"] == "full"]),
+        "train_step_fraction_half": fraction([r for r in steady if r["kind"] == "half"]),
+        "train_step_fraction": fraction(steady),
+        "half_steps_train_ratio": (med("half", "train_steps_s") / med("full", "train_steps_s") if timed else None),
+        "half_steps_time_ratio": med("half", "wall_s") / med("full", "wall_s"),
+        "target": "train_step_fraction >= 0.8, half_steps_time_ratio <= 0.6",
+    }
+    results["meets_target"] = bool(results["train_step_fraction"] is not None
+                                   and results["train_step_fraction"] >= 0.8
+                                   and results["half_steps_time_ratio"] <= 0.6)
+    return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--replicas", type=int, default=None, help="R (default: 8 on CPU, 64 on GPU/TPU)")
     parser.add_argument("--steps", type=int, default=None,
                         help="steps timed per retraining (default: 24 on CPU, one epoch elsewhere)")
     parser.add_argument("--num-train", type=int, default=5000)
+    parser.add_argument("--num-eval", type=int, default=None,
+                        help="evaluation examples (default 200; with --end-to-end 872, SST-2's dev size)")
     parser.add_argument("--max-length", type=int, default=64, help="SST-2 sentences are short")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--remove", type=int, default=20, help="examples removed per retraining")
@@ -204,6 +334,10 @@ def main(argv=None) -> int:
     parser.add_argument("--group-by-length", type=int, default=50,
                         help="G of the grouped_trimmed way (0 skips it)")
     parser.add_argument("--pad-to-multiple", type=int, default=8, help="m of the grouped_trimmed way")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="time real sweep run jobs, full-data and alpha=0.5 (module docstring)")
+    parser.add_argument("--jobs", type=int, default=3,
+                        help="with --end-to-end: seeds; 2x this many full-data and as many alpha=0.5 jobs")
     parser.add_argument("--config", default=None,
                         help="bench this experiment config's model and data instead (--config.KEY=V overrides)")
     args, rest = parser.parse_known_args(argv)
@@ -214,6 +348,14 @@ def main(argv=None) -> int:
         missing = [f for f in SST2_FILES if not (Path(args.sst2) / f).is_file()]
         if missing:
             parser.error(f"--sst2 {args.sst2}: {', '.join(missing)} not found there")
+
+    if args.num_eval is None:
+        args.num_eval = 872 if args.end_to_end else 200
+    if args.end_to_end:
+        if args.config:
+            parser.error("--end-to-end benches the BERT L2-H128 sweep (no --config)")
+        print(json.dumps(end_to_end(args)))
+        return 0
 
     from tracin_jax.deletion.replicas import ReplicaSpec
     from tracin_jax.train import prepare_run

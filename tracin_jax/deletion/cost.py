@@ -31,7 +31,7 @@ def replica_bytes(trainer: ReplicaTrainer) -> int:
     shapes = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
     args = (shapes(state), shapes(trainer.device_data()),
             jax.ShapeDtypeStruct((1, len(specs), trainer.batch_size), jnp.int32),
-            jax.ShapeDtypeStruct((1, len(specs)), jnp.bool_),
+            jax.ShapeDtypeStruct((1, len(specs)), jnp.bool_), jax.ShapeDtypeStruct((), jnp.int32),
             jax.ShapeDtypeStruct((len(specs),), jnp.int32), jax.ShapeDtypeStruct((len(specs),), jnp.int32), None)
     try:
         analysis = trainer.train_program(False, len(specs), None).lower(*args).compile().memory_analysis()

@@ -6,7 +6,7 @@ A retraining with seed ``s`` and keep mask ``keep [N]`` is exactly the run that
 dropout key ``fold_in(key(s), step)``, and a learning-rate schedule over its own
 number of updates ``epochs · ceil(n_kept / B)``. R such runs share one program:
 
-    states [R, ...] ──scan over steps──> vmap over replicas of trainer.apply_train_step
+    states [R, ...] ──loop over a call's steps──> vmap over replicas of trainer.apply_train_step
 
 Who trains on which rows in which step, and how steps become device calls, is the
 host-side plan of ``deletion.schedule``: a replica whose epoch is over is *inactive* in
@@ -27,7 +27,8 @@ CPU, where XLA's batched GEMMs of a vmapped BERT step are slower than R plain on
 compiled per length (at most ``max_length / m`` of them). Replicas vmapped together share
 a step's length, the longest of theirs; a replica alone (the CPU default, width 1) gets
 exactly its own, so it equals ``train`` with dropout too (dropout masks are drawn at the
-batch's shape). Compiled programs live in the shared, bounded ``programs.PROGRAMS``.
+batch's shape). Compiled programs live in the shared, bounded ``programs.PROGRAMS``: one per
+batch width, compiled ahead of time at its first call, whatever the calls' lengths.
 """
 from __future__ import annotations
 
@@ -115,8 +116,10 @@ def gather_batch(data: dict[str, jax.Array], idx: jax.Array, pad_id: int,
 
 def build_train_program(model, train_cfg, pad_id: int, mesh: Mesh, with_edits: bool, template,
                         vmap_width: int, local_replicas: int, width: int | None = None) -> Callable:
-    """``(states, data, idx [S, R, B], active [S, R], seeds, totals, edits) -> (states, loss [S, R])``:
-    per replica, ``lax.scan`` over the call's S steps of ``trainer.apply_train_step``.
+    """``(states, data, idx [C, R, B], active [C, R], num_steps, seeds, totals, edits) ->
+    (states, loss [C, R])``: per replica, a loop over the call's first ``num_steps`` slots
+    (``num_steps <= C``, an argument: one program serves calls of every length, and slots
+    past ``num_steps`` are never computed; their loss is 0) of ``trainer.apply_train_step``.
 
     Each device runs its own ``local_replicas`` (``shard_map``, no collectives), in groups
     of ``vmap_width`` vmapped together (``lax.map(..., batch_size=width)``): width = local
@@ -134,28 +137,30 @@ def build_train_program(model, train_cfg, pad_id: int, mesh: Mesh, with_edits: b
         new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state)
         return new, jnp.where(active, metrics["loss"], 0.0).astype(jnp.float32)
 
-    def replica_chunk(xs, data):
-        """One replica through the call's steps: ``lax.scan`` over its own state only."""
-        state, idx, active, seed, total, edit = xs  # idx [S, B], active [S]
+    def replica_chunk(xs, data, num_steps):
+        """One replica through the call's steps: a loop over its own state only."""
+        state, idx, active, seed, total, edit = xs  # idx [C, B], active [C]
 
-        def body(carry, step_xs):
-            return replica_step(carry, step_xs[0], step_xs[1], seed, total, edit, data)
-        return jax.lax.scan(body, state, (idx, active))
+        def body(i, carry):
+            state, losses = carry
+            new, loss = replica_step(state, idx[i], active[i], seed, total, edit, data)
+            return new, losses.at[i].set(loss)
+        return jax.lax.fori_loop(0, num_steps, body, (state, jnp.zeros(idx.shape[0], jnp.float32)))
 
-    def local_chunk(states, data, idx, active, seeds, totals, edits):
+    def local_chunk(states, data, idx, active, num_steps, seeds, totals, edits):
         # Replicas are independent, so the loop over replicas can sit outside the loop
         # over steps: each replica's state is sliced once per call, not once per step.
         per_replica = (states, jnp.swapaxes(idx, 0, 1), jnp.swapaxes(active, 0, 1), seeds, totals, edits)
-        one = lambda xs: replica_chunk(xs, data)
+        one = lambda xs: replica_chunk(xs, data, num_steps)
         if vmap_width >= local_replicas:
             states, loss = jax.vmap(one)(per_replica)
         else:
             states, loss = jax.lax.map(one, per_replica, batch_size=vmap_width if vmap_width > 1 else None)
-        return states, jnp.swapaxes(loss, 0, 1)  # loss [S, R]
+        return states, jnp.swapaxes(loss, 0, 1)  # loss [C, R]
 
     rep, time_rep = P(mesh_lib.DATA_AXIS), P(None, mesh_lib.DATA_AXIS)
     sharded = jax.shard_map(local_chunk, mesh=mesh, check_vma=False,
-                            in_specs=(rep, P(), time_rep, time_rep, rep, rep, rep if with_edits else None),
+                            in_specs=(rep, P(), time_rep, time_rep, P(), rep, rep, rep if with_edits else None),
                             out_specs=(rep, time_rep))
     return jax.jit(sharded, donate_argnums=(0,))
 
@@ -211,10 +216,11 @@ class ReplicaTrainer:
         self._init_fn = init_fn or (lambda seed: initial_params(cfg, model, seed))
         self._init_cache: dict[int, Any] = {}
         self._data = None
-        # Seconds of the last ``train`` call: ``steps_s`` in device calls for training steps
-        # (with their loss read-back), ``compile_s`` of those spent compiling new programs.
+        # What the last ``train`` call did: ``steps_s`` seconds in device calls for training
+        # steps (with their loss read-back), ``compile_s`` of those spent compiling new
+        # programs, ``calls`` device calls and ``slots`` loop iterations they ran (a call of
+        # R replicas runs each of its slots once for all R).
         self.last_timing: dict[str, float] = {}
-        self._compiled: set = set()  # (scan length, width, edits, replicas) already called once
         # What the compiled programs depend on besides shapes (the cache key).
         traced = {k: v for k, v in train_cfg.to_dict().items() if k not in _HOST_SIDE_TRAIN_FIELDS}
         self._program_key = (model, json.dumps(traced, sort_keys=True, default=list), self.pad_id, self.mesh)
@@ -251,7 +257,7 @@ class ReplicaTrainer:
 
     # -- programs
     def train_program(self, with_edits: bool, num_replicas: int, width: int | None) -> Callable:
-        """The compiled training program for a group of ``num_replicas`` and batch ``width``."""
+        """The jitted training program for a group of ``num_replicas`` and batch ``width``."""
         local = num_replicas // self.num_devices
         vmap_width = self.vmap_width_for(local)
         key = ("replica_train", *self._program_key, bool(with_edits), vmap_width, local, width)
@@ -259,6 +265,21 @@ class ReplicaTrainer:
                                 self.params_for(0))
         return PROGRAMS.get(key, lambda: build_train_program(
             self.model, self.train_cfg, self.pad_id, self.mesh, with_edits, template, vmap_width, local, width))
+
+    def train_executable(self, with_edits: bool, num_replicas: int, width: int | None, chunk: int,
+                         args) -> Callable:
+        """``train_program`` compiled ahead of time for ``args`` (a call's arguments: index
+        arrays of ``chunk`` slots), once per process: every later group, job and call length
+        reuses it. Its compilation is timed into ``last_timing['compile_s']``."""
+        key = ("replica_train_compiled", *self._program_key, bool(with_edits), num_replicas, width,
+               int(chunk), self.batch_size, self.n, self.max_length)
+
+        def build():
+            t0 = time.perf_counter()
+            compiled = self.train_program(with_edits, num_replicas, width).lower(*args).compile()
+            self.last_timing["compile_s"] = self.last_timing.get("compile_s", 0.0) + time.perf_counter() - t0
+            return compiled
+        return PROGRAMS.get(key, build)
 
     def eval_program(self) -> Callable:
         return PROGRAMS.get(("replica_eval", self.model, self.mesh),
@@ -292,7 +313,7 @@ class ReplicaTrainer:
         for s in specs:
             if len(s.keep) != self.n:
                 raise ValueError(f"keep mask of {len(s.keep)} rows for a training set of {self.n}")
-        self.last_timing = {"steps_s": 0.0, "compile_s": 0.0}
+        self.last_timing = {"steps_s": 0.0, "compile_s": 0.0, "calls": 0, "slots": 0}
         if len(specs) > 1 and self.num_devices == 1 and self.vmap_width_for(len(specs)) == 1:
             runs = [self._train_group([spec], max_steps, progress) for spec in specs]
             return ReplicaRun(params=jax.tree.map(lambda *xs: jnp.concatenate(xs), *[r.params for r in runs]),
@@ -331,25 +352,25 @@ class ReplicaTrainer:
             pending = []  # (device loss, active): read back after the epoch, no sync per call
             t_epoch = time.perf_counter()
             for start, stop, width in epoch_calls:
-                c_active = active[start:stop]
-                program = self.train_program(with_edits, r_total, width)
-                c_idx, c_act = self._put_replicas(idx[start:stop], axis=1), self._put_replicas(c_active, axis=1)
-                if (stop - start, width, with_edits, r_total) not in self._compiled:  # first call compiles
-                    t_compile = time.perf_counter()
-                    states, loss = program(states, data, c_idx, c_act, seeds, totals, edits)
-                    jax.block_until_ready(loss)
-                    self.last_timing["compile_s"] += time.perf_counter() - t_compile
-                    self._compiled.add((stop - start, width, with_edits, r_total))
-                else:
-                    states, loss = program(states, data, c_idx, c_act, seeds, totals, edits)
-                pending.append((loss, c_active))
+                n = stop - start  # index arrays of ``chunk`` slots; the program runs the first n
+                c_idx = np.full((chunk, r_total, self.batch_size), -1, np.int32)
+                c_active = np.zeros((chunk, r_total), bool)
+                c_idx[:n], c_active[:n] = idx[start:stop], active[start:stop]
+                trip = np.int32(n)  # loop iterations the device runs (counted below)
+                args = (states, data, self._put_replicas(c_idx, axis=1), self._put_replicas(c_active, axis=1),
+                        mesh_lib.replicate(trip, self.mesh), seeds, totals, edits)
+                program = self.train_executable(with_edits, r_total, width, chunk, args)
+                states, loss = program(*args)
+                pending.append((loss, active[start:stop]))
+                self.last_timing["calls"] += 1
+                self.last_timing["slots"] += int(trip)
                 done += 1
                 if progress is not None:
                     progress(done, max(calls, done))
-            for loss, c_active in pending:
-                loss = np.asarray(loss)
+            for loss, act in pending:
+                loss = np.asarray(loss)[:len(act)]
                 for r in range(r_total):
-                    losses[r].extend(loss[c_active[:, r], r].tolist())
+                    losses[r].extend(loss[act[:, r], r].tolist())
             self.last_timing["steps_s"] += time.perf_counter() - t_epoch
         steps = np.asarray(jax.device_get(states.step), np.int64)
         if not np.array_equal(steps, total):

@@ -7,11 +7,12 @@ A retraining with seed ``s`` and keep mask ``keep [N]`` makes ``run_lengths`` up
 epoch e iff ``t < steps_per_epoch_r`` and ``e · steps_per_epoch_r + t < total_r``, and then
 trains on its batch t of ``batch_order(seed=s_r, epoch=e, keep=keep_r)``.
 
-Device calls (``plan_calls``) cover runs of consecutive active slots of equal batch width:
-``chunk`` slots a call while a run lasts, then ``SMALL_CALL_STEPS`` at a time, then single
-steps. Slots in which no replica is active are never computed, and no call is padded with
-idle slots, so a retraining on half the data takes about half the steps' time. Compiled
-programs: one per (scan length, batch width) — at most three scan lengths.
+Device calls (``plan_calls``) cover runs of consecutive active slots of equal batch width,
+at most ``chunk`` slots a call. A call's length is an argument of the device program (a
+loop with a dynamic trip count over index arrays of ``chunk`` slots), so one compiled
+program per batch width serves calls of every length. Slots in which no replica is active
+are never computed, and no call runs idle slots, so a retraining on half the data takes
+half the steps (and about half the time: tools/bench_retrain.py --end-to-end).
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ import numpy as np
 from tracin_jax.data import batch_order, batch_padded_length, num_batches
 
 NO_EDIT = -1  # edit_tokens value: the example is used unchanged
-# Scan length of the calls after a run's full chunks (and of every call of a trimmed run).
-SMALL_CALL_STEPS = 8
+# Slots per call when batches are trimmed (runs of one width are short: grouped batches
+# change width every few steps).
+TRIMMED_CALL_STEPS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,9 +113,10 @@ def slot_widths(idx: np.ndarray, active: np.ndarray, lengths: np.ndarray, pad_to
 def plan_calls(active: np.ndarray, widths: Sequence[int | None], chunk: int) -> list[tuple[int, int, int | None]]:
     """Device calls ``(start, stop, width)`` over one epoch's slots (module docstring).
 
-    Every active slot is in exactly one call; a call's slots are consecutive, all active
-    for some replica and of one width; its length is ``chunk``, ``SMALL_CALL_STEPS`` or 1.
+    Every active slot is in exactly one call, and no idle slot is in any; a call's slots are
+    consecutive, all active for some replica and of one width, at most ``chunk`` of them.
     """
+    chunk = max(int(chunk), 1)
     slots = len(active)
     busy = active.any(axis=1)
     calls, start = [], 0
@@ -122,21 +125,17 @@ def plan_calls(active: np.ndarray, widths: Sequence[int | None], chunk: int) -> 
             start += 1
             continue
         stop = start + 1
-        while stop < slots and busy[stop] and widths[stop] == widths[start]:
+        while stop < slots and busy[stop] and widths[stop] == widths[start] and stop - start < chunk:
             stop += 1
-        at = start
-        for size in dict.fromkeys((max(int(chunk), 1), SMALL_CALL_STEPS, 1)):
-            while stop - at >= size:
-                calls.append((at, at + size, widths[start]))
-                at += size
+        calls.append((start, stop, widths[start]))
         start = stop
     return calls
 
 
 def chunk_length(num_train: int, batch_size: int, steps_per_call: int, trimmed: bool) -> int:
-    """Scan length of a run's full chunks: ``steps_per_call`` bounded by one full epoch (so
-    every group shares the same programs); ``SMALL_CALL_STEPS`` when batches are trimmed
-    (widths change often, and every width compiles its own programs)."""
+    """Slots a call holds at most (the index arrays' length): ``steps_per_call`` bounded by
+    one full epoch (so every group shares the same programs); ``TRIMMED_CALL_STEPS`` when
+    batches are trimmed (runs of one width are short)."""
     if trimmed:
-        return SMALL_CALL_STEPS
+        return TRIMMED_CALL_STEPS
     return max(1, min(int(steps_per_call), num_batches(num_train, batch_size)))
