@@ -105,7 +105,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Case-deletion sweeps (docs/method.md "Case-deletion evaluation"; tracin_jax/deletion).
     cfg.sweep = ml_collections.ConfigDict()
-    cfg.sweep.methods = ("tracin_we_topk", "tracin_last")
+    # 'random' (remove k random training examples) is the reference every method is read
+    # against: DEL of one sweep carries its no-removal baselines' retraining noise, shared by
+    # all its DEL; the paired difference method - random cancels it (docs/method.md).
+    cfg.sweep.methods = ("tracin_we_topk", "tracin_last", "random")
     cfg.sweep.k_grid = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # paper sec. 5, toxicity / AG News
     cfg.sweep.signs = ("+", "-")  # '+': remove the top-k proponents, '-': the top-k opponents
     cfg.sweep.seeds = tuple(range(10))  # paper sec. 5: 10 retrains per k
@@ -121,11 +124,6 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.sweep.test_points_prob_range = ml_collections.FieldReference(None, field_type=tuple)
     cfg.sweep.test_point_ids = ()
     cfg.sweep.exclude_run_seed = True
-    # No-removal retrainings averaged into DEL's baseline: one per sweep seed, then further
-    # seeds (never the run's own) up to this count. Each removal is its own retraining, but the
-    # baseline is shared by every DEL of the sweep, so its retraining noise shifts all DEL alike
-    # unless averaged over several models (docs/method.md "Case-deletion evaluation").
-    cfg.sweep.baseline_retrains = 10
     cfg.sweep.epochs = ml_collections.FieldReference(None, field_type=int)  # None: train.epochs
     cfg.sweep.replicas = 0  # retrainings per program; 0: one per device on CPU (results as each ends), else as many as fit in memory
     cfg.sweep.max_replicas = 64

@@ -34,6 +34,13 @@ def random_rankings(test_store: GradientStore, train_ids, depth: int) -> Ranking
     """The ``random`` control (see ``RANDOM``): ``depth`` random proponents and ``depth``
     other random opponents per test point, without scores."""
     test_ids, test_labels = store_ids(test_store)
+    return random_control(test_ids, test_labels, train_ids, depth)
+
+
+def random_control(test_ids, test_labels, train_ids, depth: int) -> Rankings:
+    """``random_rankings`` from ids alone (no gradient store needed): per test id ``t``, the
+    first ``2 · depth`` of ``default_rng([7919, t]).permutation(train_ids)`` split into
+    proponents and opponents."""
     train_ids = np.asarray(train_ids, np.int64)
     if len(train_ids) < 2 * depth:
         raise UsageError(f"the random control needs {2 * depth} training examples, the store has {len(train_ids)}")

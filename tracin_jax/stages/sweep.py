@@ -26,7 +26,7 @@ from tracin_jax.errors import DataError, UsageError
 from tracin_jax.files import atomic_save_npz, atomic_write_json
 from tracin_jax.rankings import load_rankings
 from tracin_jax.stages.gradients import run_context, subset_gradients
-from tracin_jax.stages.rankings import RANDOM, full_scores, rank, self_scores
+from tracin_jax.stages.rankings import RANDOM, full_scores, random_control, rank, self_scores
 from tracin_jax.store import GradientStore
 from tracin_jax.train import CheckpointStore, load_run, predict_proba
 
@@ -129,6 +129,11 @@ def plan_from_run(sweep_cfg: ml_collections.ConfigDict, run_dir: str | Path, out
     depth = max(int(k) for k in sweep_cfg.k_grid)
     for method in sweep_cfg.methods:
         if method in ranked:
+            continue
+        if method == RANDOM and (train_store is None or test_store is None) and ranked:
+            # the control needs no gradients: the test points of the rankings given
+            first = next(iter(ranked.values()))
+            ranked[RANDOM] = random_control(first.test_ids, first.test_labels, setup.train.ids, depth)
             continue
         if train_store is None or test_store is None:
             raise UsageError(f"no rankings for {method!r}", "pass its tracin-jax score output "
