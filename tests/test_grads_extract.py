@@ -107,3 +107,54 @@ def test_cli_grads_param_groups_same_pass(run_dir, tmp_path, capsys):
     np.testing.assert_allclose(rec["param_grads"][:, :pmy.shape[1]], pmy, rtol=1e-5, atol=1e-7)
     kernel = np.einsum("bh,bc->bhc", a, pmy).reshape(len(a), -1)
     np.testing.assert_allclose(rec["param_grads"][:, pmy.shape[1]:], kernel, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["bert", "cnn"])
+@pytest.mark.parametrize("k", [None, 3])
+def test_trimmed_batches_give_the_untrimmed_records(kind, k, monkeypatch):
+    """grads.pad_to_multiple: a shard computed longest text first in batches cut to their
+    longest text (rounded up) gives the full-width records, in dataset order, widths padded
+    back (token slots -1, vectors and norms 0)."""
+    import jax
+
+    from tracin_jax import mesh as mesh_lib
+    from tracin_jax.data.tokenize import EncodedDataset
+    from tracin_jax.grads.embedding_grads import make_gradient_fn
+    from tracin_jax.grads.extract import compute_records, trim_multiple
+    from tracin_jax.models import BertClassifier, BertConfig, CNNClassifier, CNNConfig, init_params
+
+    L, V = 24, 50
+    if kind == "bert":
+        model = BertClassifier(BertConfig(vocab_size=V, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                          intermediate_size=32, max_position_embeddings=32, num_labels=3))
+    else:
+        model = CNNClassifier(CNNConfig(vocab_size=V, embed_dim=16, filters=8, kernel_sizes=(3, 1), num_labels=3))
+    params = init_params(model, jax.random.key(0), L)
+    rng = np.random.default_rng(0)
+    n = 37
+    lengths = rng.integers(2, L + 1, n)
+    lengths[5] = L
+    mask = (np.arange(L)[None, :] < lengths[:, None]).astype(np.int32)
+    ids = np.where(mask, rng.integers(1, V, (n, L)), 0).astype(np.int32)
+    enc = EncodedDataset(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids),
+                         labels=rng.integers(0, 3, n).astype(np.int32), ids=np.arange(100, 100 + n))
+    mesh = mesh_lib.make_local_mesh()
+    grad_fn = make_gradient_fn(model, mesh, k=k)
+    widths = []
+    real_shard = mesh_lib.shard_batch
+    monkeypatch.setattr(mesh_lib, "shard_batch", lambda b, m: (widths.append(b["input_ids"].shape[1]),
+                                                                real_shard(b, m))[1])
+    rows = np.arange(n)
+    full = compute_records(grad_fn, params, enc, rows, 8, mesh, k=k, pad_to_multiple=0)
+    assert set(widths) == {L}
+    widths.clear()
+    trimmed = compute_records(grad_fn, params, enc, rows, 8, mesh, k=k, pad_to_multiple=8)
+    assert sorted(set(widths)) != [L] and min(widths) < L  # batches were cut
+    assert trimmed.keys() == full.keys()
+    np.testing.assert_array_equal(trimmed["example_id"], enc.ids)
+    np.testing.assert_array_equal(trimmed["token_ids"], full["token_ids"])
+    for key in full:
+        assert trimmed[key].shape == full[key].shape, key
+        np.testing.assert_allclose(trimmed[key], full[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    assert np.abs(full["vectors"]).max() > 0
+    assert trim_multiple(None, 128) == 32 and trim_multiple(None, 24) == 8 and trim_multiple(0, 64) == 0

@@ -48,6 +48,10 @@ def test_micro_batch_errors_and_default():
     assert default_micro_batch(32, 128, "cpu") == 4
     assert default_micro_batch(30, 128, "cpu") == 3
     assert default_micro_batch(32, 128, "gpu") == 32
+    # narrower models take more tokens per micro-batch, wider ones keep ~512
+    assert default_micro_batch(32, 64, "cpu", width=128) == 16
+    assert default_micro_batch(32, 64, "cpu", width=64) == 32
+    assert default_micro_batch(32, 64, "cpu", width=768) == 8
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])

@@ -111,7 +111,7 @@ def bench_step(args) -> dict:
     params_dev = mesh_lib.replicate(params, mesh)
     batch = mesh_lib.shard_batch(host_batch, mesh)
     per_device = args.batch // mesh.size
-    micro = default_micro_batch(per_device, args.seq)
+    micro = default_micro_batch(per_device, args.seq, width=cfg.hidden_size)
 
     forward = jax.jit(lambda p, b: model.apply(
         {"params": p}, b["input_ids"], b["attention_mask"], b["token_type_ids"]).logits)

@@ -102,6 +102,11 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.grads.batch_size = 32
     cfg.grads.shard_size = 1024
     cfg.grads.mode = "vmap"  # 'vmap' (vmap of per-example grad) | 'sum' (grad of summed loss)
+    # Trimmed batches: each store shard is computed longest text first, every batch cut to its
+    # longest text rounded up to this multiple (records unchanged up to float rounding, in
+    # dataset order). None: automatic (max_length / 4 rounded up to a multiple of 8: at most
+    # 4 batch widths, each compiled once); 0: every batch at tokenizer.max_length.
+    cfg.grads.pad_to_multiple = ml_collections.FieldReference(None, field_type=int)
 
     # Case-deletion sweeps (docs/method.md "Case-deletion evaluation"; tracin_jax/deletion).
     cfg.sweep = ml_collections.ConfigDict()

@@ -16,7 +16,7 @@ def run(args, overrides) -> int:
     splits = [s.strip() for s in args.split.split(",") if s.strip()]
     if args.data and len(splits) != 1:
         raise UsageError("--data attaches one file as one --split NAME", "run grads once per file")
-    setup = load_run(args.run, overrides) if overrides else None
+    setup = load_run(args.run, overrides)  # once for every split
     fields = {"text": args.text_field, "text_pair": args.pair_field, "label": args.label_field,
               "columns": None if not args.columns else [c.strip() for c in args.columns.split(",")],
               "encoding": args.encoding}

@@ -49,22 +49,28 @@ from tracin_jax.mesh import DATA_AXIS, local_rows
 
 BATCH_FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 # CPU micro-batch size in tokens (B_micro * L): 4 x 128 tokens keeps the largest
-# activation of BERT L2-L12 within the caches; measured best of 128..4096.
+# activation of BERT L2-L12 within the caches; measured best of 128..4096 at width 256.
+# Narrower models take proportionally more tokens (width 128: 1,024 tokens, 15% faster than
+# 512 in tools/bench_peers.py's setup), wider ones keep 512.
 CPU_MICRO_BATCH_TOKENS = 512
+CPU_MICRO_BATCH_WIDTH = 256
 # With parameter groups: at most this many per-example gradient floats per chunk
 # (2**24 = 64 MiB in float32), the bound grads.param_grads uses.
 PARAM_CHUNK_ELEMENTS = 2**24
 
 
-def default_micro_batch(batch_size: int, seq_len: int, backend: str | None = None) -> int:
-    """Rows per micro-batch: all of them on accelerators; ~512 tokens on CPU.
+def default_micro_batch(batch_size: int, seq_len: int, backend: str | None = None,
+                        width: int | None = None) -> int:
+    """Rows per micro-batch: all of them on accelerators; ~512 tokens on CPU, more for models
+    narrower than 256 (``width``: the word-embedding dimension; 512 · 256 / width tokens).
 
     Always a divisor of ``batch_size`` so the batch splits evenly.
     """
     backend = backend or jax.default_backend()
     if backend != "cpu" or batch_size <= 1:
         return max(batch_size, 1)
-    target = max(1, CPU_MICRO_BATCH_TOKENS // max(seq_len, 1))
+    tokens = CPU_MICRO_BATCH_TOKENS * max(1, CPU_MICRO_BATCH_WIDTH // max(int(width or CPU_MICRO_BATCH_WIDTH), 1))
+    target = max(1, tokens // max(seq_len, 1))
     return max(d for d in range(1, min(target, batch_size) + 1) if batch_size % d == 0)
 
 
@@ -80,7 +86,8 @@ def _param_chunk(batch_size: int, size: int, num_params: int) -> int:
     return max(d for d in range(1, min(cap, batch_size) + 1) if batch_size % d == 0)
 
 
-def _in_micro_batches(fn: Callable, arrays: dict, micro_batch: int | None, num_params: int = 0):
+def _in_micro_batches(fn: Callable, arrays: dict, micro_batch: int | None, num_params: int = 0,
+                      width: int | None = None):
     """``fn(arrays)`` computed ``micro_batch`` rows at a time (``lax.map``) and re-joined.
 
     ``fn`` maps a dict of [b, ...] arrays to a pytree of [b, ...] arrays, row by row
@@ -88,7 +95,7 @@ def _in_micro_batches(fn: Callable, arrays: dict, micro_batch: int | None, num_p
     capped by ``PARAM_CHUNK_ELEMENTS // num_params`` when parameter gradients are formed.
     """
     batch_size, seq_len = arrays["input_ids"].shape
-    size = default_micro_batch(batch_size, seq_len) if micro_batch is None else micro_batch
+    size = default_micro_batch(batch_size, seq_len, width=width) if micro_batch is None else micro_batch
     if micro_batch is None and num_params:
         size = _param_chunk(batch_size, size, num_params)
     if size >= batch_size:
@@ -120,7 +127,7 @@ def per_example_outputs(model, params, input_ids, attention_mask, token_type_ids
     _check_ids(params, input_ids)
     arrays = dict(zip(BATCH_FIELDS, (input_ids, attention_mask, token_type_ids, labels)))
     return _in_micro_batches(lambda b: _outputs(model, params, b, mode, paths), arrays, micro_batch,
-                             _num_params(params, paths))
+                             _num_params(params, paths), _width(params))
 
 
 def _check_ids(params, input_ids) -> None:
@@ -242,7 +249,12 @@ def _records(model, params, batch, *, k, topk_by, mode, keep_position_grads, mic
     arrays = {f: batch[f] for f in BATCH_FIELDS}
     body = partial(_micro_batch_records, model, params, k=k, topk_by=topk_by, mode=mode,
                    keep_position_grads=keep_position_grads, param_paths=param_paths)
-    return _in_micro_batches(body, arrays, micro_batch, _num_params(params, param_paths))
+    return _in_micro_batches(body, arrays, micro_batch, _num_params(params, param_paths), _width(params))
+
+
+def _width(params) -> int:
+    """The word-embedding dimension D (sizes the CPU micro-batch)."""
+    return int(get_word_embedding_table(params).shape[-1])
 
 
 def _micro_batch_records(model, params, batch, *, k, topk_by, mode, keep_position_grads,
@@ -283,6 +295,13 @@ def make_gradient_fn(model, mesh: Mesh, *, k: int | None = None, topk_by: str = 
     ``param_grads [B, P]`` (module docstring; needs ``mode="vmap"``).
     """
     paths = _check_args(mode, micro_batch, param_paths)
+    key = (model, mesh, k, topk_by, mode, keep_position_grads, micro_batch, paths)
+    try:
+        cached = _GRADIENT_FNS.get(key)
+    except TypeError:  # a model that is not hashable: no reuse
+        key, cached = None, None
+    if cached is not None:
+        return cached
     body = partial(_records, model, k=k, topk_by=topk_by, mode=mode,
                    keep_position_grads=keep_position_grads, micro_batch=micro_batch,
                    param_paths=paths)
@@ -292,7 +311,20 @@ def make_gradient_fn(model, mesh: Mesh, *, k: int | None = None, topk_by: str = 
 
     sharded = jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
                             out_specs=P(DATA_AXIS), check_vma=False)
-    return _checked(jax.jit(sharded))
+    fn = _checked(jax.jit(sharded))
+    if key is not None:
+        if len(_GRADIENT_FNS) >= _MAX_GRADIENT_FNS:
+            _GRADIENT_FNS.pop(next(iter(_GRADIENT_FNS)))
+        _GRADIENT_FNS[key] = fn
+    return fn
+
+
+# make_gradient_fn's programs by (model, mesh, options): a process that extracts several
+# stores (train and test splits, several runs of one architecture, a notebook re-running a
+# cell) traces and compiles each program once. Models are frozen dataclasses, equal when
+# their configurations are; parameters are arguments, never part of the key.
+_GRADIENT_FNS: dict = {}
+_MAX_GRADIENT_FNS = 16
 
 
 def make_single_device_gradient_fn(model, *, k: int | None = None, topk_by: str = "position",

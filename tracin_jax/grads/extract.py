@@ -21,6 +21,7 @@ import numpy as np
 from flax import traverse_util
 
 from tracin_jax import mesh as mesh_lib
+from tracin_jax.data.batching import batch_padded_length
 from tracin_jax.errors import UsageError
 from tracin_jax.files import tree_fingerprint, tree_sha256
 from tracin_jax.grads.embedding_grads import make_gradient_fn
@@ -31,6 +32,16 @@ from tracin_jax.store.gradient_store import discover_checkpoints
 log = logging.getLogger(__name__)
 
 _INPUT_FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+def sequence_lengths_of(encoded, rows: np.ndarray) -> np.ndarray | None:
+    """Tokens of each of ``rows`` (nonzero ``attention_mask`` entries), or None unless every
+    row is right-padded (trimming drops trailing columns, which must be padding)."""
+    mask = np.asarray(encoded.attention_mask)[rows].astype(bool)
+    lengths = mask.sum(axis=1)
+    if not np.array_equal(mask, np.arange(mask.shape[1])[None, :] < lengths[:, None]):
+        return None
+    return lengths.astype(np.int64)
 
 
 def batch_rows(encoded, rows: np.ndarray, batch_size: int) -> tuple[dict[str, np.ndarray], int]:
@@ -45,19 +56,72 @@ def batch_rows(encoded, rows: np.ndarray, batch_size: int) -> tuple[dict[str, np
     return {f: np.asarray(getattr(encoded, f))[padded] for f in _INPUT_FIELDS}, n
 
 
+def trim_multiple(pad_to_multiple: int | None, max_length: int) -> int:
+    """Column multiple of trimmed batches: ``None`` = automatic (``max_length / 4`` rounded up to
+    a multiple of 8, at least 8: at most 4 batch widths, so at most 4 compiled programs), 0 =
+    no trimming, else the given multiple."""
+    if pad_to_multiple is None:
+        return max(8, -(-int(max_length) // 32) * 8)
+    if int(pad_to_multiple) < 0:
+        raise UsageError(f"grads.pad_to_multiple={pad_to_multiple} is negative",
+                         "pass 0 (no trimming), a positive multiple, or None (automatic)")
+    return int(pad_to_multiple)
+
+
+# Fields with a position / token-slot axis (axis 1), padded back to the store's width.
+_SLOT_FIELDS = {"token_ids": -1, "vectors": 0, "position_norms": 0, "position_grads": 0}
+
+
 def compute_records(grad_fn, params, encoded, rows: np.ndarray, batch_size: int, mesh,
-                    vectors_dtype: str = "float32") -> dict[str, np.ndarray]:
-    """Store records for dataset positions ``rows`` (one shard), in order."""
+                    vectors_dtype: str = "float32", *, k: int | None = None,
+                    pad_to_multiple: int = 0) -> dict[str, np.ndarray]:
+    """Store records for dataset positions ``rows`` (one shard), in order.
+
+    ``pad_to_multiple = m > 0``: the shard's rows are computed longest first and each batch is
+    cut to its longest text rounded up to a multiple of m (``data.batching``: only trailing
+    all-padding columns go, and every model masks padding, so the records equal the untrimmed
+    ones up to float rounding); records are returned in ``rows`` order with their position and
+    slot axes padded back to the full width (``max_length``, or ``min(k, max_length)`` slots).
+    """
+    rows = np.asarray(rows)
+    full = int(np.shape(encoded.input_ids)[1])
+    order = np.arange(len(rows))
+    lengths = None
+    if pad_to_multiple:
+        lengths = sequence_lengths_of(encoded, rows)
+        if lengths is None:  # not right-padded: full-width batches (same records, no saving)
+            log.debug("rows not right-padded: gradient batches are not trimmed")
+            pad_to_multiple = 0
+        else:
+            order = np.argsort(-lengths, kind="stable")
+    widths = {"position_norms": full, "position_grads": full,
+              "token_ids": full if k is None else min(k, full), "vectors": full if k is None else min(k, full)}
     parts: list[dict[str, np.ndarray]] = []
     padded_total = 0
     for start in range(0, len(rows), batch_size):
-        batch, n = batch_rows(encoded, rows[start:start + batch_size], batch_size)
+        chosen = order[start:start + batch_size]
+        batch, n = batch_rows(encoded, rows[chosen], batch_size)
+        if pad_to_multiple:
+            width = batch_padded_length(int(lengths[chosen].max()), int(pad_to_multiple), full)
+            batch = {f: (v[:, :width] if v.ndim == 2 and f != "labels" else v) for f, v in batch.items()}
         padded_total += batch_size - n
         out = grad_fn(params, mesh_lib.shard_batch(batch, mesh))
-        parts.append({k: mesh_lib.local_rows(v)[:n] for k, v in out.items()})
+        part = {}
+        for key, value in out.items():
+            value = mesh_lib.local_rows(value)[:n]
+            if key in _SLOT_FIELDS and value.shape[1] < widths[key]:
+                pad = [(0, 0)] * value.ndim
+                pad[1] = (0, widths[key] - value.shape[1])
+                value = np.pad(value, pad, constant_values=_SLOT_FIELDS[key])
+            part[key] = value
+        parts.append(part)
     if padded_total:
         log.debug("padded %d rows in a ragged final batch (dropped from the output)", padded_total)
-    records = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    records = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    if pad_to_multiple:
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        records = {key: value[inverse] for key, value in records.items()}
     if vectors_dtype in ("bfloat16", "float16"):
         import ml_dtypes
         records["vectors"] = records["vectors"].astype(
@@ -72,7 +136,8 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
                       k: int | None = 10, topk_by: str = "position", dtype: str = "float32",
                       shard_size: int = 1024, batch_size: int = 32, mode: str = "vmap",
                       progress: bool = True, param_paths=None,
-                      micro_batch: int | None = None, overwrite: bool = False) -> GradientStore:
+                      micro_batch: int | None = None, overwrite: bool = False,
+                      pad_to_multiple: int | None = None) -> GradientStore:
     """Writes (or completes) the gradient store of ``encoded`` for every checkpoint.
 
     Args:
@@ -92,6 +157,8 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
         grows by ``4·P`` bytes per example and checkpoint.
       micro_batch: rows per device per step (the chunk bounding per-example
         gradient memory); None = automatic (see ``embedding_grads``).
+      pad_to_multiple: trimmed batches (``compute_records``): None = automatic
+        (``trim_multiple``), 0 = every batch at ``max_length`` columns.
       overwrite: delete a store already in ``out_dir`` first. Without it, a store made with
         other arguments (dataset, model, k, dtype, shard size, or other checkpoints than
         requested) is a ``StoreMismatchError``; one made with the same arguments resumes.
@@ -131,6 +198,7 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
     finally:
         _barrier("tracin_jax.grads.extract.open")
     writer = writer or open_writer()
+    multiple = trim_multiple(pad_to_multiple, int(np.shape(encoded.input_ids)[1]))
     grad_fn = make_gradient_fn(model, mesh, k=k, topk_by=topk_by, mode=mode,
                                param_paths=param_paths, micro_batch=micro_batch)
     todo = {}
@@ -155,7 +223,7 @@ def extract_gradients(model, checkpoints, restore_params, encoded, out_dir: str 
         for shard in shards:
             start, stop = writer.shard_range(shard)
             records = compute_records(grad_fn, params, encoded, np.arange(start, stop), batch_size,
-                                      mesh, dtype)
+                                      mesh, dtype, k=k, pad_to_multiple=multiple)
             writer.write_shard(step, shard, records)
             done += stop - start
             if bar is not None:

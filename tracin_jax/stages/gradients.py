@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from tracin_jax.data import EncodedDataset, TextDataset, encode_dataset, load_file, select_test_points
@@ -138,6 +139,11 @@ def _normalize_k(k) -> int | None:
     return value or None
 
 
+# Checkpoints verified before extraction are kept in host memory up to this size (beyond it,
+# each is read again when its turn comes).
+_VERIFIED_PARAMS_BYTES = 2 << 30
+
+
 def _extract(setup: RunSetup, run_dir: Path, texts: TextDataset, encoded: EncodedDataset, split: str,
              out_dir: Path, *, steps=None, k=None, topk_by=None, dtype=None, shard_size=None,
              batch_size=None, progress=True, param_paths=None, micro_batch=None,
@@ -149,17 +155,27 @@ def _extract(setup: RunSetup, run_dir: Path, texts: TextDataset, encoded: Encode
         if not infos:
             raise UsageError(f"no checkpoints in {Path(run_dir) / 'checkpoints'}", "train first")
         chosen = parse_steps(steps, infos)
-        if verify:  # every checkpoint checked before anything is written (one extra restore each)
+        verified = {}
+        if verify:  # every checkpoint checked before anything is written
+            held = 0
             for step in chosen:
-                checkpoints.restore_params(step)
+                params = checkpoints.restore_params(step)
+                size = sum(x.nbytes for x in jax.tree.leaves(params))
+                if held + size <= _VERIFIED_PARAMS_BYTES:  # kept for extraction: no second read
+                    verified[step], held = params, held + size
+
+        def restore(step):
+            return verified[step] if step in verified else checkpoints.restore_params(step)
+
         return extract_gradients(
             setup.model, [(s, infos[s], checkpoints.fingerprint(s)) for s in chosen],
-            checkpoints.restore_params, encoded, out_dir,
+            restore, encoded, out_dir,
             fingerprint=texts.fingerprint(), split=split, model_info=model_info(setup),
             vocab_size=int(setup.cfg.model.vocab_size), k=_normalize_k(g.k if k is None else k),
             topk_by=topk_by or g.topk_by, dtype=dtype or g.dtype, shard_size=int(shard_size or g.shard_size),
             batch_size=int(batch_size or g.batch_size), mode=g.mode, progress=progress,
-            param_paths=param_paths, micro_batch=micro_batch, overwrite=overwrite)
+            param_paths=param_paths, micro_batch=micro_batch, overwrite=overwrite,
+            pad_to_multiple=g.get("pad_to_multiple"))
     finally:
         checkpoints.close()
 

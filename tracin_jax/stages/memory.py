@@ -28,6 +28,7 @@ from tracin_jax.data import EncodedDataset, TextDataset, encode_dataset
 from tracin_jax.errors import UsageError
 from tracin_jax.files import tree_fingerprint, tree_sha256
 from tracin_jax.grads import compute_records, make_gradient_fn
+from tracin_jax.grads.extract import trim_multiple
 from tracin_jax.methods import RunContext, SplitData, get_method, score_matrix, top_k
 from tracin_jax.methods.retrieval import ScoreMatrix
 from tracin_jax.models import check_token_ids, get_word_embedding_table
@@ -150,8 +151,9 @@ def influence(method: str, model, checkpoints: Sequence[tuple], train, test, *, 
         records = {}
         for (step, params, _), info in zip(entries, infos):
             replicated = mesh_lib.replicate(params, mesh)
-            records[int(step)] = compute_records(grad_fn, replicated, enc, np.arange(len(enc.labels)),
-                                                 batch_size, mesh)
+            records[int(step)] = compute_records(
+                grad_fn, replicated, enc, np.arange(len(enc.labels)), batch_size, mesh, k=k,
+                pad_to_multiple=trim_multiple(None, int(np.shape(enc.input_ids)[1])))
         stores[what] = MemoryStore(records, infos, k=k, split=what, fingerprint=texts[what].fingerprint(),
                                    model_info={"kind": type(model).__name__, "vocab_size": vocab}, name=what,
                                    shard_size=shard_size)
