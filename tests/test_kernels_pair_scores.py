@@ -10,6 +10,7 @@ from tracin_jax.kernels.pair_scores import (
     pair_scores_sparse,
     pair_token_contributions,
     pair_token_contributions_jit,
+    prepare_a_side,
 )
 from tracin_jax.kernels.token_vectors import token_vectors_batch
 
@@ -59,6 +60,22 @@ def test_sparse_matches_brute_force_and_dense(seed):
     assert isinstance(sparse, np.ndarray) and sparse.dtype == np.float32
     np.testing.assert_allclose(sparse, want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sparse, np.asarray(pair_scores_dense(*a, *b)), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_with_a_prepared_side_reuses_it_across_blocks():
+    """Retrieval prepares the test block once (index, float32 vectors, gathered rows) and
+    joins it with every training shard: each shard's scores equal the brute force."""
+    rng = np.random.default_rng(7)
+    a_ids, a_vecs = random_block(rng, 40, 5, 3, vocab=6)  # frequent tokens: the GEMM path
+    a_vecs = a_vecs.astype(np.float16)
+    side = prepare_a_side(a_ids, a_vecs)
+    for rows in (9, 30, 1):
+        b = random_block(rng, rows, 4, 3, vocab=6)
+        want = brute_force_scores(a_ids, a_vecs, *b)
+        np.testing.assert_allclose(pair_scores_sparse(a_ids, a_vecs, *b, a_side=side), want, rtol=1e-4, atol=1e-4)
+    assert side._rows  # gathered rows were kept for the next block
+    with pytest.raises(ValueError, match="prepared for a block of shape"):
+        pair_scores_sparse(a_ids[:3], a_vecs[:3], *b, a_side=side)
 
 
 def test_scores_equal_dense_table_gradient_inner_products():

@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", "--store-dtype", dest="dtype", default=None,
                    choices=("float32", "bfloat16", "float16"),
                    help="storage dtype of the vectors; scores are always summed in float32 "
-                        "(default: the run's grads.dtype)")
+                        "(default: the run's grads.dtype, 'auto': bfloat16 for top-k stores, "
+                        "float32 for exact ones, --k 0)")
     p.add_argument("--shard-size", type=int, default=None,
                    help="examples per store shard (default: the run's grads.shard_size)")
     p.add_argument("--batch-size", type=int, default=None,

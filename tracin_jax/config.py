@@ -95,10 +95,12 @@ def base_config() -> ml_collections.ConfigDict:
     cfg.grads = ml_collections.ConfigDict()
     cfg.grads.k = 10  # docs/method.md, eq. 5: top-10 positions by gradient norm
     cfg.grads.topk_by = "position"
-    # Storage dtype of the per-token vectors (scores are always summed in float32): bfloat16
-    # halves the store and its read time and kept 99.6% of the top-100 proponents of float32
-    # (tools/bench_kernel.py --store-dtype bfloat16); float32 keeps exact vectors.
-    cfg.grads.dtype = "bfloat16"
+    # Storage dtype of the per-token vectors (scores are always summed in float32). "auto":
+    # bfloat16 for top-k stores (half the bytes and read time; 99.6% of float32's top-100
+    # proponents kept, tools/bench_kernel.py --store-dtype bfloat16), float32 for exact
+    # stores (k = 0: exact vectors, the dense score matrices and pair explanations of
+    # tracin_we). Or "float32" / "bfloat16" / "float16" for every store.
+    cfg.grads.dtype = "auto"
     cfg.grads.batch_size = 32
     cfg.grads.shard_size = 1024
     cfg.grads.mode = "vmap"  # 'vmap' (vmap of per-example grad) | 'sum' (grad of summed loss)

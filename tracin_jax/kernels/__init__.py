@@ -7,6 +7,7 @@ from tracin_jax.kernels.pair_scores import (
     gram,
     pair_scores_dense,
     pair_scores_sparse,
+    prepare_a_side,
     pair_token_contributions,
     pair_token_contributions_jit,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "merge_topk",
     "pair_scores_dense",
     "pair_scores_sparse",
+    "prepare_a_side",
     "pair_token_contributions",
     "pair_token_contributions_jit",
     "position_norms",

@@ -170,7 +170,34 @@ def _single_threaded_blas():
         yield
 
 
-def pair_scores_sparse(a_ids, a_vecs, b_ids, b_vecs) -> np.ndarray:
+class _ASide:
+    """The first block of ``pair_scores_sparse`` prepared once: its inverted index, its vectors
+    as float32, and each token's gathered rows (on first use). Retrieval scores one test block
+    against every training shard, so this work is done once per test block, not per shard."""
+
+    def __init__(self, ids, vecs):
+        self.ids = np.asarray(ids)
+        if self.ids.size and self.ids.min() < PAD_ID:
+            raise ValueError(f"a_ids holds negative ids other than {PAD_ID}: min {self.ids.min()}")
+        m, t = self.ids.shape
+        self.flat = np.asarray(vecs).reshape(m * t, np.shape(vecs)[-1]).astype(np.float32, copy=False)
+        self.index = _slot_index(self.ids) if m else (np.zeros(0, np.int64),) * 3 + (False,)
+        self._rows = {}
+
+    def rows(self, u: int):
+        if u not in self._rows:
+            _, bounds, slots, repeats = self.index
+            self._rows[u] = _gather_rows(self.flat, slots[bounds[u]:bounds[u + 1]], self.ids.shape[1], repeats)
+        return self._rows[u]
+
+
+def prepare_a_side(a_ids, a_vecs) -> _ASide:
+    """The first block of ``pair_scores_sparse`` prepared for scoring against many second
+    blocks (``pair_scores_sparse(..., a_side=prepare_a_side(a_ids, a_vecs))``)."""
+    return _ASide(a_ids, a_vecs)
+
+
+def pair_scores_sparse(a_ids, a_vecs, b_ids, b_vecs, *, a_side: _ASide | None = None) -> np.ndarray:
     """All-pairs TracIn-WE scores by an inverted-index join on the host (numpy).
 
     Same contract and result as ``pair_scores_dense``: for every token w shared by
@@ -182,27 +209,31 @@ def pair_scores_sparse(a_ids, a_vecs, b_ids, b_vecs) -> np.ndarray:
 
     Args: a_ids [M, T], a_vecs [M, T, D], b_ids [N, S], b_vecs [N, S, D]
       (numpy or jax arrays, any float dtype; ids ≥ 0 or -1 for unused slots).
+      a_side: ``prepare_a_side(a_ids, a_vecs)`` of these same arrays, reused across calls
+      (the a block's index, float32 vectors and gathered rows are then built once).
     Returns: [M, N] float32 numpy array (accumulated in float64).
     """
     _check_pair(a_ids, a_vecs, b_ids, b_vecs)
-    a_ids, b_ids = np.asarray(a_ids), np.asarray(b_ids)
-    for name, ids in (("a_ids", a_ids), ("b_ids", b_ids)):
-        if ids.size and ids.min() < PAD_ID:
-            raise ValueError(f"{name} holds negative ids other than {PAD_ID}: min {ids.min()}")
-    (m, t), (n, s), d = a_ids.shape, b_ids.shape, np.shape(a_vecs)[-1]
-    a_flat = np.asarray(a_vecs).reshape(m * t, d)
+    side = a_side if a_side is not None else _ASide(a_ids, a_vecs)
+    if side.ids.shape != np.shape(a_ids):
+        raise ValueError(f"a_side was prepared for a block of shape {side.ids.shape}, not {np.shape(a_ids)}")
+    b_ids = np.asarray(b_ids)
+    if b_ids.size and b_ids.min() < PAD_ID:
+        raise ValueError(f"b_ids holds negative ids other than {PAD_ID}: min {b_ids.min()}")
+    (m, t), (n, s), d = side.ids.shape, b_ids.shape, np.shape(a_vecs)[-1]
+    a_flat = side.flat
     b_flat = np.asarray(b_vecs).reshape(n * s, d)
     scores = np.zeros((m, n), np.float64)
     if m == 0 or n == 0:
         return scores.astype(np.float32)
-    a_tokens, a_bounds, a_slots, a_repeats = _slot_index(a_ids)
+    a_tokens, a_bounds, a_slots, a_repeats = side.index
     b_tokens, b_bounds, b_slots, b_repeats = _slot_index(b_ids)
     _, ua, ub = np.intersect1d(a_tokens, b_tokens, assume_unique=True, return_indices=True)
     a_count, b_count = a_bounds[ua + 1] - a_bounds[ua], b_bounds[ub + 1] - b_bounds[ub]
     gemm = a_count * b_count >= _GEMM_MIN_PAIRS
     with _single_threaded_blas():
         for u, v in zip(ua[gemm], ub[gemm]):
-            a_rows, a_block = _gather_rows(a_flat, a_slots[a_bounds[u]:a_bounds[u + 1]], t, a_repeats)
+            a_rows, a_block = side.rows(u)
             b_rows, b_block = _gather_rows(b_flat, b_slots[b_bounds[v]:b_bounds[v + 1]], s, b_repeats)
             products = a_block @ b_block.T
             # Rows are unique and sorted after merging, so a block that covers all

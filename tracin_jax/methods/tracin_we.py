@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from tracin_jax.kernels import (PAD_ID, default_backend, pair_scores_dense, pair_scores_sparse,
-                                pair_token_contributions_jit)
+                                pair_token_contributions_jit, prepare_a_side)
 from tracin_jax.methods.base import ArrayMethod, MethodError, shared_checkpoints, store_k
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,17 @@ class TracInWE(ArrayMethod):
         # On CPU the inverted-index join does only the useful work (tools/bench_kernel.py:
         # ~10x the masked dense GEMM); accelerators run the dense GEMM sharded over the mesh.
         if default_backend() == "sparse":
-            a, b = self.inputs(test, step, "test"), self.inputs(train, step, "train")
+            # The test block is the same for every training shard of a checkpoint: its side
+            # of the join is prepared once and kept with a reference to the block.
+            cached = getattr(self, "_sparse_test", None)
+            if cached is None or cached[0] is not test or cached[1] != step:
+                a = self.inputs(test, step, "test")
+                cached = (test, step, a, prepare_a_side(a["token_ids"], a["vectors"]))
+                self._sparse_test = cached
+            a, side = cached[2], cached[3]
+            b = self.inputs(train, step, "train")
             return np.asarray(pair_scores_sparse(a["token_ids"], a["vectors"], b["token_ids"],
-                                                 b["vectors"]), np.float32)
+                                                 b["vectors"], a_side=side), np.float32)
         return super().score_block(test, train, step, mesh)
 
     def token_contributions(self, test_record, train_record, step):

@@ -126,6 +126,14 @@ def run_context(run_dir: str | Path, setup: RunSetup | None = None, *, verify: b
                       split_loader=load_split, setup=setup)
 
 
+def store_dtype(dtype: str | None, k: int | None) -> str:
+    """The vectors' storage dtype: ``"auto"`` (or None) = bfloat16 for top-k stores, float32 for
+    exact ones (``k`` None); else ``dtype`` as given."""
+    if dtype in (None, "", "auto"):
+        return "float32" if k is None else "bfloat16"
+    return str(dtype)
+
+
 def _normalize_k(k) -> int | None:
     """``0``/``None``/``"all"``/``"none"`` → exact vectors (None); else a positive int."""
     if k is None or str(k).strip().lower() in ("0", "none", "all"):
@@ -172,7 +180,8 @@ def _extract(setup: RunSetup, run_dir: Path, texts: TextDataset, encoded: Encode
             restore, encoded, out_dir,
             fingerprint=texts.fingerprint(), split=split, model_info=model_info(setup),
             vocab_size=int(setup.cfg.model.vocab_size), k=_normalize_k(g.k if k is None else k),
-            topk_by=topk_by or g.topk_by, dtype=dtype or g.dtype, shard_size=int(shard_size or g.shard_size),
+            topk_by=topk_by or g.topk_by, dtype=store_dtype(dtype or g.dtype, _normalize_k(g.k if k is None else k)),
+            shard_size=int(shard_size or g.shard_size),
             batch_size=int(batch_size or g.batch_size), mode=g.mode, progress=progress,
             param_paths=param_paths, micro_batch=micro_batch, overwrite=overwrite,
             pad_to_multiple=g.get("pad_to_multiple"))
