@@ -158,3 +158,21 @@ def test_trimmed_batches_give_the_untrimmed_records(kind, k, monkeypatch):
         np.testing.assert_allclose(trimmed[key], full[key], rtol=1e-4, atol=1e-6, err_msg=key)
     assert np.abs(full["vectors"]).max() > 0
     assert trim_multiple(None, 128) == 32 and trim_multiple(None, 24) == 8 and trim_multiple(0, 64) == 0
+
+
+def test_gradient_programs_are_kept_per_model_and_options():
+    """programs.PROGRAMS keeps one gradient program per (model, mesh, options): equal models
+    (same configuration) share it; other options get their own."""
+    from tracin_jax import mesh as mesh_lib
+    from tracin_jax.grads.embedding_grads import make_gradient_fn
+    from tracin_jax.models import BertClassifier, BertConfig
+
+    def model():
+        return BertClassifier(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=16, max_position_embeddings=16, num_labels=2))
+
+    mesh = mesh_lib.make_local_mesh()
+    first = make_gradient_fn(model(), mesh, k=3)
+    assert make_gradient_fn(model(), mesh, k=3) is first
+    assert make_gradient_fn(model(), mesh, k=4) is not first
+    assert make_gradient_fn(model(), mesh, k=3, mode="sum") is not first

@@ -46,6 +46,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from tracin_jax.kernels import position_norms, token_vectors_batch
 from tracin_jax.models import check_token_ids, get_word_embedding_table
 from tracin_jax.mesh import DATA_AXIS, local_rows
+from tracin_jax.programs import PROGRAMS
 
 BATCH_FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 # CPU micro-batch size in tokens (B_micro * L): 4 x 128 tokens keeps the largest
@@ -295,36 +296,28 @@ def make_gradient_fn(model, mesh: Mesh, *, k: int | None = None, topk_by: str = 
     ``param_grads [B, P]`` (module docstring; needs ``mode="vmap"``).
     """
     paths = _check_args(mode, micro_batch, param_paths)
-    key = (model, mesh, k, topk_by, mode, keep_position_grads, micro_batch, paths)
+    key = ("gradients", model, mesh, k, topk_by, mode, keep_position_grads, micro_batch, paths)
+
+    def build():
+        body = partial(_records, model, k=k, topk_by=topk_by, mode=mode,
+                       keep_position_grads=keep_position_grads, micro_batch=micro_batch,
+                       param_paths=paths)
+
+        def per_shard(params, batch):
+            return body(params, batch)
+
+        sharded = jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
+                                out_specs=P(DATA_AXIS), check_vma=False)
+        return _checked(jax.jit(sharded))
+
+    # One program per model and options for the process (programs.PROGRAMS): a notebook, or
+    # grads over several splits, traces and compiles it once. Models are frozen dataclasses,
+    # equal when their configurations are; parameters are arguments, never part of the key.
     try:
-        cached = _GRADIENT_FNS.get(key)
-    except TypeError:  # a model that is not hashable: no reuse
-        key, cached = None, None
-    if cached is not None:
-        return cached
-    body = partial(_records, model, k=k, topk_by=topk_by, mode=mode,
-                   keep_position_grads=keep_position_grads, micro_batch=micro_batch,
-                   param_paths=paths)
-
-    def per_shard(params, batch):
-        return body(params, batch)
-
-    sharded = jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
-                            out_specs=P(DATA_AXIS), check_vma=False)
-    fn = _checked(jax.jit(sharded))
-    if key is not None:
-        if len(_GRADIENT_FNS) >= _MAX_GRADIENT_FNS:
-            _GRADIENT_FNS.pop(next(iter(_GRADIENT_FNS)))
-        _GRADIENT_FNS[key] = fn
-    return fn
-
-
-# make_gradient_fn's programs by (model, mesh, options): a process that extracts several
-# stores (train and test splits, several runs of one architecture, a notebook re-running a
-# cell) traces and compiles each program once. Models are frozen dataclasses, equal when
-# their configurations are; parameters are arguments, never part of the key.
-_GRADIENT_FNS: dict = {}
-_MAX_GRADIENT_FNS = 16
+        hash(key)
+    except TypeError:  # a model that is not hashable: built anew
+        return build()
+    return PROGRAMS.get(key, build)
 
 
 def make_single_device_gradient_fn(model, *, k: int | None = None, topk_by: str = "position",
