@@ -68,12 +68,14 @@ class Page(HTMLParser):
         self.elements: list[dict] = []
         self.tags: set[str] = set()
         self.feed(page)
+        for el in self.elements:  # text pieces joined once (appending to strings is quadratic)
+            el["text"] = "".join(el["text"])
 
     def handle_starttag(self, tag, attrs):
         self.tags.add(tag)
         if tag in ("meta", "br", "col"):
             return
-        el = {"tag": tag, "attrs": dict(attrs), "text": "", "parents": list(self.stack)}
+        el = {"tag": tag, "attrs": dict(attrs), "text": [], "parents": list(self.stack)}
         self.stack.append(el)
         self.elements.append(el)
 
@@ -84,7 +86,7 @@ class Page(HTMLParser):
 
     def handle_data(self, data):
         for el in self.stack:
-            el["text"] += data
+            el["text"].append(data)
 
     def find(self, tag, cls=None, inside=None):
         def ok(el):
