@@ -157,6 +157,14 @@ def test_trimmed_batches_give_the_untrimmed_records(kind, k, monkeypatch):
         assert trimmed[key].shape == full[key].shape, key
         np.testing.assert_allclose(trimmed[key], full[key], rtol=1e-4, atol=1e-6, err_msg=key)
     assert np.abs(full["vectors"]).max() > 0
+    # left-padded rows cannot be trimmed: full-width batches, the same records
+    left = EncodedDataset(input_ids=np.ascontiguousarray(ids[:, ::-1]), attention_mask=np.ascontiguousarray(mask[:, ::-1]),
+                          token_type_ids=np.zeros_like(ids), labels=enc.labels, ids=enc.ids)
+    widths.clear()
+    untrimmed = compute_records(grad_fn, params, left, rows, 8, mesh, k=k, pad_to_multiple=8)
+    assert set(widths) == {L}
+    np.testing.assert_array_equal(untrimmed["token_ids"],
+                                  compute_records(grad_fn, params, left, rows, 8, mesh, k=k)["token_ids"])
     assert trim_multiple(None, 128) == 32 and trim_multiple(None, 24) == 8 and trim_multiple(0, 64) == 0
 
 

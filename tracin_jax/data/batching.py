@@ -87,12 +87,19 @@ def sequence_lengths(enc) -> np.ndarray:
     return np.asarray(enc.attention_mask).astype(bool).sum(axis=1).astype(np.int64)
 
 
-def check_right_padded(enc) -> None:
-    """Raises unless every row's tokens come first (``attention_mask`` 1s, then 0s): trimming
-    drops trailing columns, which must be padding."""
-    mask = np.asarray(enc.attention_mask).astype(bool)
+def right_padded_lengths(attention_mask) -> np.ndarray | None:
+    """Tokens per row, `[N] int64`, if every row's tokens come first (``attention_mask`` 1s,
+    then 0s); else None. Trimming drops trailing columns, which must be padding."""
+    mask = np.asarray(attention_mask).astype(bool)
     lengths = mask.sum(axis=1)
     if not np.array_equal(mask, np.arange(mask.shape[1])[None, :] < lengths[:, None]):
+        return None
+    return lengths.astype(np.int64)
+
+
+def check_right_padded(enc) -> None:
+    """Raises unless every row's tokens come first (see ``right_padded_lengths``)."""
+    if right_padded_lengths(enc.attention_mask) is None:
         raise ValueError("pad_to_multiple needs right-padded inputs (attention_mask 1s first)")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from flax import traverse_util
 
 from tracin_jax import mesh as mesh_lib
-from tracin_jax.data.batching import batch_padded_length
+from tracin_jax.data.batching import batch_padded_length, right_padded_lengths
 from tracin_jax.errors import UsageError
 from tracin_jax.files import tree_fingerprint, tree_sha256
 from tracin_jax.grads.embedding_grads import make_gradient_fn
@@ -32,16 +32,6 @@ from tracin_jax.store.gradient_store import discover_checkpoints
 log = logging.getLogger(__name__)
 
 _INPUT_FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels")
-
-
-def sequence_lengths_of(encoded, rows: np.ndarray) -> np.ndarray | None:
-    """Tokens of each of ``rows`` (nonzero ``attention_mask`` entries), or None unless every
-    row is right-padded (trimming drops trailing columns, which must be padding)."""
-    mask = np.asarray(encoded.attention_mask)[rows].astype(bool)
-    lengths = mask.sum(axis=1)
-    if not np.array_equal(mask, np.arange(mask.shape[1])[None, :] < lengths[:, None]):
-        return None
-    return lengths.astype(np.int64)
 
 
 def batch_rows(encoded, rows: np.ndarray, batch_size: int) -> tuple[dict[str, np.ndarray], int]:
@@ -88,7 +78,7 @@ def compute_records(grad_fn, params, encoded, rows: np.ndarray, batch_size: int,
     order = np.arange(len(rows))
     lengths = None
     if pad_to_multiple:
-        lengths = sequence_lengths_of(encoded, rows)
+        lengths = right_padded_lengths(np.asarray(encoded.attention_mask)[rows])
         if lengths is None:  # not right-padded: full-width batches (same records, no saving)
             log.debug("rows not right-padded: gradient batches are not trimmed")
             pad_to_multiple = 0
