@@ -231,3 +231,22 @@ def test_tracin_we_dense_sharded_path_equals_cpu_sparse_join(stores, monkeypatch
     dense = score_matrix("tracin_we", test, train, mesh=mesh_lib.make_mesh(8)).scores
     np.testing.assert_allclose(dense, sparse, rtol=1e-5, atol=1e-6)
     assert np.abs(sparse).max() > 0
+
+
+@pytest.mark.parametrize("which", ["", "_float"])
+def test_shards_scored_in_parallel_threads_give_the_sequential_rankings(stores, which, monkeypatch):
+    """On a multi-core CPU the sparse join scores two shards at once in threads; the running
+    top-k is still updated in shard order, so the rankings are identical, ties included."""
+    from tracin_jax.methods import retrieval
+
+    test, train = stores["test" + which], stores["train" + which]
+    assert train.num_shards >= 4
+    real = retrieval._scoring_workers
+    monkeypatch.setattr(retrieval, "_scoring_workers", lambda m: 1)
+    sequential = top_k("tracin_we", test, train, 6)
+    monkeypatch.setattr(retrieval, "_scoring_workers", lambda m: 2)
+    parallel = top_k("tracin_we", test, train, 6)
+    _assert_same(parallel, sequential)
+    monkeypatch.setattr(retrieval.os, "cpu_count", lambda: 4)
+    assert real(retrieval.get_method("tracin_we")) == 2  # the CPU default for the join
+    assert real(retrieval.get_method("tracin_last")) == 1

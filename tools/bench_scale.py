@@ -21,7 +21,7 @@ its own ``tracin-jax`` process (wall time and peak memory of that process):
 Peak memory of each process is sampled from ``/proc/PID/status`` every 0.2 s:
 ``peak_rss_mb`` (all resident pages, including memory-mapped store files being read) and
 ``peak_anon_mb`` (the process's own memory: what retrieval holds). ``bound_mb`` is what
-the design promises to stay near: two training shards plus the test store (as float32)
+the design promises to stay near: the training shards in flight plus the test store (as float32)
 plus the [test, shard] score block, on top of the interpreter and JAX.
 
 The last line printed is one JSON object (``pairs_per_s`` = train × test / retrieval time).
@@ -158,8 +158,9 @@ def main(argv=None) -> dict:
         result["train_store_gb"] = round(bench_kernel.bytes_on_disk(Path(train_dir)) / 1e9, 3)
         result["test_store_mb"] = round(bench_kernel.bytes_on_disk(Path(test_dir)) / 1e6, 1)
         shard_bytes = args.shard_size * args.k * args.dim * 4  # as float32 once read
-        result["bound_mb"] = round((2 * shard_bytes + args.test * args.k * args.dim * 4
-                                    + args.test * args.shard_size * 4) / 2**20, 1)
+        # shards in flight: two scored by the retrieval threads, one read ahead; a score block each
+        result["bound_mb"] = round((3 * shard_bytes + args.test * args.k * args.dim * 4
+                                    + 2 * args.test * args.shard_size * 4) / 2**20, 1)
         logs = work / "logs"
         logs.mkdir(exist_ok=True)
         outs = work / "out"

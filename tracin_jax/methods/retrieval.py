@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -52,22 +53,34 @@ def _read_block(store: GradientStore, step: int, fields, shard_index: int | None
     return block
 
 
-def _prefetched(load, items, depth: int = 1):
-    """``load(item)`` for each item, in order, with the next ``depth`` loads running in a
-    background thread meanwhile: reading, sha256 checking and decoding a shard (which
-    release the GIL) overlap the scoring of the previous one. Memory: depth + 1 results."""
+def _prefetched(load, items, depth: int = 1, workers: int = 1):
+    """``load(item)`` for each item, in order, with the next ``depth`` loads running in
+    ``workers`` background threads meanwhile: reading, sha256 checking and decoding a shard
+    (which release the GIL) overlap the scoring of the previous one. Memory: depth + 1
+    results."""
     items = list(items)
     if not items:
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracin-read") as pool:
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tracin-read") as pool:
         pending = [pool.submit(load, item) for item in items[:depth + 1]]
         for i in range(len(items)):
             result = pending.pop(0).result()
             if i + depth + 1 < len(items):
                 pending.append(pool.submit(load, items[i + depth + 1]))
             yield result
+
+
+def _scoring_workers(method: Method) -> int:
+    """Threads that read and score whole shards at once: 2 on a multi-core CPU for methods
+    whose host-side ``score_block`` is safe to run concurrently (``parallel_blocks``; the
+    sparse join spends its time in numpy and BLAS, which release the GIL), else 1 (the
+    reading still overlaps the scoring). The running top-k is updated in shard order either
+    way, so the rankings are identical."""
+    if getattr(method, "parallel_blocks", False) and jax.default_backend() == "cpu" and (os.cpu_count() or 1) > 1:
+        return 2
+    return 1
 
 
 def _weighted_scores(method: Method, test_blocks: Mapping[int, Block], train_store, weights,
@@ -187,12 +200,17 @@ def top_k(method: str | Method, test_store: GradientStore, train_store: Gradient
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(shards), desc=f"score[{method.name}]", unit="shard", dynamic_ncols=True)
-    fields = method.read_fields()
-    blocks = _prefetched(lambda item: _read_block(train_store, item[1], fields, item[0]),
-                         [(shard, w.step) for shard in shards for w in weights])
-    for shard in shards:
-        block, scores = _weighted_scores(method, test_blocks, train_store, weights, shard, mesh,
-                                         blocks=blocks)
+    workers = _scoring_workers(method)
+    if workers > 1:  # whole shards (read + score) in parallel threads, results in shard order
+        scored = _prefetched(lambda shard: _weighted_scores(method, test_blocks, train_store, weights, shard, mesh),
+                             shards, depth=workers, workers=workers)
+    else:  # the next shard read in a background thread while this one is scored
+        fields = method.read_fields()
+        blocks = _prefetched(lambda item: _read_block(train_store, item[1], fields, item[0]),
+                             [(shard, w.step) for shard in shards for w in weights])
+        scored = (_weighted_scores(method, test_blocks, train_store, weights, shard, mesh, blocks=blocks)
+                  for shard in shards)
+    for block, scores in scored:
         position_ids[block["position"]] = block["example_id"]
         ids = _candidate_positions(restriction, block["example_id"], block["position"], num_test)
         for kind in KINDS:

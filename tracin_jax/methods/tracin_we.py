@@ -71,6 +71,10 @@ class TracInWE(ArrayMethod):
         return pair_scores_dense(test["token_ids"], test["vectors"], train["token_ids"],
                                  train["vectors"])
 
+    # retrieval may score two training shards at once in threads on CPU (the sparse join's
+    # state is a cache of the test block's side: filled alike by either thread)
+    parallel_blocks = True
+
     def score_block(self, test, train, step, mesh=None):
         # On CPU the inverted-index join does only the useful work (tools/bench_kernel.py:
         # ~10x the masked dense GEMM); accelerators run the dense GEMM sharded over the mesh.
