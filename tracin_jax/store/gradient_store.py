@@ -81,6 +81,7 @@ import math
 import mmap
 import os
 import re
+import threading
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -356,10 +357,17 @@ def _check_field(path: Path, entry: Mapping[str, Any], verify: bool) -> None:
             raise CorruptShardError(path, f"sha256 {actual} does not match sidecar {entry['sha256']}")
 
 
+# np.load parses the .npy header with ast.literal_eval, which CPython 3.11 does not make safe
+# across threads ("AST constructor recursion depth mismatch"); retrieval reads shards in
+# several threads, so opening a field (header + memory map, no data read) is serialised.
+_NPY_OPEN_LOCK = threading.Lock()
+
+
 def _open_field(path: Path, num_records: int, shape: tuple[int, ...], logical: str) -> np.ndarray:
     """Read-only memmap of a checked field file, dtype and shape as the sidecar says."""
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        with _NPY_OPEN_LOCK:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise CorruptShardError(path, f"cannot read as .npy ({e})") from e
     want_dtype, want_shape = _disk_dtype(logical), (num_records, *shape)
