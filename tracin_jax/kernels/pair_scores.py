@@ -181,7 +181,7 @@ class _ASide:
             raise ValueError(f"a_ids holds negative ids other than {PAD_ID}: min {self.ids.min()}")
         m, t = self.ids.shape
         self.flat = np.asarray(vecs).reshape(m * t, np.shape(vecs)[-1]).astype(np.float32, copy=False)
-        self.index = _slot_index(self.ids) if m else (np.zeros(0, np.int64),) * 3 + (False,)
+        self.index = _slot_index(self.ids)
         self._rows = {}
 
     def rows(self, u: int):

@@ -6,9 +6,12 @@ the shard against every test point (``Σ_c w_c · method.score_block``, the bloc
 split over the local devices), and folds it into a running top-k of the largest
 (proponents) and smallest (opponents) scores (``running_topk_update``).
 The next shard is read, sha256-checked and decoded in a background thread while
-the current one is scored. Memory: the test store, two training shards (the one
-being scored and the one being read), 8 bytes per training example (position →
-id) and the ``[M, k]`` results. The ranking is a total order — score,
+the current one is scored; on a multi-core CPU, methods whose host-side scoring is
+thread-safe (``parallel_blocks``: the sparse TracIn-WE join) read and score two whole
+shards at once in threads (``_scoring_workers``), the top-k still folding them in shard
+order. Memory: the test store, the training shards in flight (two, or three with the
+threads) and their score blocks, 8 bytes per training example (position → id) and the
+``[M, k]`` results. The ranking is a total order — score,
 then the smaller training *position* (row in the store, = dataset order) — so
 streaming, host partitioning (``part=(i, n)``: shards ``s`` with ``s % n == i``,
 merged exactly by ``merge``) and a full sort of ``score_matrix`` give identical
