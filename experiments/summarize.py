@@ -6,7 +6,10 @@ For each experiment directory found: the deletion table (AUC-DEL± with its boot
 interval over test points and seeds, [r/n] counts, paired differences between methods,
 the baseline and the number of retrainings), the cancellation table, and the cluster
 summary. Missing experiments are skipped with a note. ``--figures DIR`` also
-writes the README figures (deletion curves titled by experiment, cancellation bars).
+writes the README figures (deletion curves titled by experiment, cancellation bars);
+``--results DIR`` copies each sweep's report (table.md with every paired difference,
+summary.json, differences.csv, power.md) to DIR/<experiment>/, the record behind README's
+tables (docs/results).
 """
 from __future__ import annotations
 
@@ -121,7 +124,8 @@ TITLES = {"nooverlap_synthetic": "synthetic, no word overlap", "sst2_cnn": "SST-
           "sst2_bert_tiny": "SST-2, BERT L2-H128", "sst2_minilm_del": "SST-2, MiniLM-L6",
           "sst2_bert_tiny_10pt": "SST-2, BERT L2-H128, 10 test points",
           "sst2_minilm_10pt": "SST-2, MiniLM-L6, 10 test points",
-          "sst2_bert_tiny_v2": "SST-2, BERT L2-H128, vs random"}
+          "sst2_bert_tiny_v2": "SST-2, BERT L2-H128, vs random",
+          "sst2_minilm_v2": "SST-2, MiniLM-L6, vs random"}
 
 
 def write_figures(out: Path, figures: Path) -> None:
@@ -142,16 +146,38 @@ def write_figures(out: Path, figures: Path) -> None:
             shutil.copy(src / "cancellation.png", figures / f"cancellation_{name}.png")
 
 
+REPORT_FILES = ("table.md", "summary.json", "differences.csv", "power.md")
+
+
+def copy_results(out: Path, results: Path) -> list[Path]:
+    """Copies the report files of every finished sweep under ``out`` to ``results/<name>/``."""
+    import shutil
+
+    copied = []
+    for name in TITLES:
+        report = out / name / "sweep" / "report"
+        if not (report / "summary.json").exists():
+            continue
+        (results / name).mkdir(parents=True, exist_ok=True)
+        for f in REPORT_FILES:
+            if (report / f).exists():
+                copied.append(Path(shutil.copy(report / f, results / name / f)))
+    return copied
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="experiments/out")
     parser.add_argument("--figures", default=None, help="write the README figures into this directory")
+    parser.add_argument("--results", default=None, help="copy each sweep's report files into this directory")
     args = parser.parse_args()
     out = Path(args.out)
     if args.figures:
         write_figures(out, Path(args.figures))
+    if args.results:
+        copy_results(out, Path(args.results))
     for name in ("nooverlap_synthetic", "sst2_cnn", "sst2_bert_tiny", "sst2_bert_tiny_10pt", "sst2_minilm_del",
-                 "sst2_minilm_10pt", "sst2_bert_tiny_v2"):
+                 "sst2_minilm_10pt", "sst2_bert_tiny_v2", "sst2_minilm_v2"):
         sweep = out / name / "sweep"
         print(f"\n### {name}\n")
         if (sweep / "report" / "summary.json").exists():
