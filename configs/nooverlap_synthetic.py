@@ -38,7 +38,7 @@ def get_config():
     cfg.nooverlap = nooverlap_defaults()
     cfg.nooverlap.num_candidates = 500  # a quarter of the training set, as 5,000 of 50,000 is a tenth
     cfg.test_points.per_class = 4
-    cfg.sweep.methods = NOOVERLAP_METHODS
+    cfg.sweep.methods = NOOVERLAP_METHODS  # with the random control, drawn from the candidates
     cfg.sweep.k_grid = (10, 20, 40)
     cfg.sweep.seeds = (0, 1, 2)
     cfg.sweep.heldout_size = 200

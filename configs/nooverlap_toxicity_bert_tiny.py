@@ -22,7 +22,7 @@ def get_config():
     cfg.nooverlap = nooverlap_defaults()
     cfg.nooverlap.num_candidates = 5000  # of 50,000 training sentences
     cfg.test_points.per_class = 20  # 40 test points (20 toxic, 20 not)
-    cfg.sweep.methods = NOOVERLAP_METHODS
+    cfg.sweep.methods = NOOVERLAP_METHODS  # with the random control, drawn from the candidates
     cfg.sweep.k_grid = tuple(range(10, 101, 10))
     cfg.sweep.seeds = tuple(range(10))
     cfg.sweep.mislabel.enabled = False

@@ -37,6 +37,23 @@ def test_lowest_tfidf_sets_and_shared_tokens():
     assert with_specials["mean_shared_tokens"] == pytest.approx(2.0)  # start and end tokens
 
 
+def test_random_control_draws_from_each_test_points_candidates():
+    from tracin_jax.stages.rankings import random_control
+    train_ids = np.arange(100, 160)
+    candidates = {7: np.arange(100, 120), 8: np.arange(140, 160)}
+    r = random_control([7, 8], [0, 1], train_ids, 5, per_test_candidates=candidates)
+    for t in (7, 8):
+        picked = np.concatenate([r.top(t, "proponents", 5), r.top(t, "opponents", 5)])
+        assert len(set(picked.tolist())) == 10 and set(picked.tolist()) <= set(candidates[t].tolist())
+    # Unrestricted, the same test ids draw from the whole training set, as before.
+    free = random_control([7, 8], [0, 1], train_ids, 5)
+    assert not set(free.top(7, "proponents", 5).tolist()) <= set(candidates[7].tolist())
+    with pytest.raises(ValueError, match="needs 12 training examples"):
+        random_control([7], [0], train_ids, 6, per_test_candidates={7: np.arange(100, 110)})
+    with pytest.raises(ValueError, match="no entry for test ids"):
+        random_control([9], [0], train_ids, 2, per_test_candidates=candidates)
+
+
 def test_requires_frozen_embedding(tmp_path):
     from tracin_jax.config import load_config
     cfg = load_config(CONFIGS / "nooverlap_synthetic.py")

@@ -27,7 +27,8 @@ from tracin_jax.methods import lowest_tfidf_candidates
 
 log = logging.getLogger(__name__)
 
-NOOVERLAP_METHODS = ("tracin_we", "tracin_we_noc", "tracin_common", "tracin_last")
+# The paper's no-overlap block, and the random control drawn from the same candidates.
+NOOVERLAP_METHODS = ("tracin_we", "tracin_we_noc", "tracin_common", "tracin_last", "random")
 DEFAULT_NUM_CANDIDATES = 5000  # paper sec. 5: 5,000 of 50,000 training sentences
 
 

@@ -37,15 +37,27 @@ def random_rankings(test_store: GradientStore, train_ids, depth: int) -> Ranking
     return random_control(test_ids, test_labels, train_ids, depth)
 
 
-def random_control(test_ids, test_labels, train_ids, depth: int) -> Rankings:
+def random_control(test_ids, test_labels, train_ids, depth: int, *, per_test_candidates=None) -> Rankings:
     """``random_rankings`` from ids alone (no gradient store needed): per test id ``t``, the
-    first ``2 · depth`` of ``default_rng([7919, t]).permutation(train_ids)`` split into
-    proponents and opponents."""
+    first ``2 · depth`` of ``default_rng([7919, t]).permutation(pool)`` split into
+    proponents and opponents, ``pool`` being ``train_ids`` or, with ``per_test_candidates``
+    (``{test id: training ids}``, as the no-overlap experiment restricts every method), that
+    test point's candidates: the control then removes random examples from the same pool
+    the methods choose from."""
     train_ids = np.asarray(train_ids, np.int64)
-    if len(train_ids) < 2 * depth:
-        raise UsageError(f"the random control needs {2 * depth} training examples, the store has {len(train_ids)}")
-    picks = np.stack([np.random.default_rng([_RANDOM_SALT, int(t)]).permutation(train_ids)[:2 * depth]
-                      for t in test_ids])
+    pools = [train_ids] * len(test_ids)
+    if per_test_candidates is not None:
+        missing = [int(t) for t in test_ids if int(t) not in per_test_candidates]
+        if missing:
+            raise UsageError(f"the candidate restriction has no entry for test ids {missing[:10]}")
+        pools = [np.intersect1d(np.asarray(per_test_candidates[int(t)], np.int64), train_ids) for t in test_ids]
+    picks = []
+    for t, pool in zip(test_ids, pools):
+        if len(pool) < 2 * depth:
+            raise UsageError(f"the random control needs {2 * depth} training examples to choose from, "
+                             f"test point {int(t)} has {len(pool)}", "lower the largest k of the sweep")
+        picks.append(np.random.default_rng([_RANDOM_SALT, int(t)]).permutation(pool)[:2 * depth])
+    picks = np.stack(picks) if picks else np.zeros((0, 2 * depth), np.int64)
     return Rankings.from_ids(RANDOM, test_ids, test_labels, picks[:, :depth], picks[:, depth:])
 
 
@@ -67,9 +79,9 @@ def rank(method: str, test_store: GradientStore, train_store: GradientStore, dep
     neighbour's most negative token (decomposable methods; ``explain_retrieval``).
     ``method="random"`` is the random-removal control (``random_rankings``)."""
     if method == RANDOM:
-        if per_test_candidates is not None:
-            raise UsageError("the random control does not take candidate restrictions")
-        return random_rankings(test_store, store_ids(train_store)[0], int(depth))
+        test_ids, test_labels = store_ids(test_store)
+        return random_control(test_ids, test_labels, store_ids(train_store)[0], int(depth),
+                              per_test_candidates=per_test_candidates)
     name, options = method_options(method, train_store)
     rankings = top_k(name, test_store, train_store, int(depth), context=context, mesh=mesh,
                      options=options, per_test_candidates=per_test_candidates, allow_mismatch=allow_mismatch)
