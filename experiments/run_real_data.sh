@@ -21,7 +21,8 @@ TJ=${TJ:-.venv/bin/tracin-jax}
 SIX=tracin_we_topk,tracin_we,tracin_last,tracin_tfidf,influence_last,representer,random
 
 # 1. No-word-overlap experiment at CPU scale (synthetic corpus, frozen word embedding). ~25 min
-#    (README: earlier report, before this version's sweep design)
+#    (README: earlier report, run before this version's sweep design and the random control
+#    drawn from the candidates; rerunning this step with this version reports both)
 $PY experiments/nooverlap.py --config configs/nooverlap_synthetic.py --out experiments/out/nooverlap_synthetic
 
 # 2. The CNN per-layer study (Table 1) and bias vs no bias (sec. 3.2) on SST-2: cancellation
@@ -47,7 +48,8 @@ $TJ analyze clusters --run experiments/out/sst2_cnn/run --models 5 --epochs 2 \
 # 5. SST-2 on the real pretrained MiniLM, the six methods of Table 4, 10 test points, k = 50:
 #    a deletion-sized run (5,000 examples, one epoch, max length 48) with length-grouped,
 #    trimmed batches (40 s per retraining, not 67 s). ~95 min. (README: earlier report; its
-#    sweep retrained the run's own seed 0, which this version no longer does.)
+#    sweep retrained the run's own seed 0; rerun with this version, the same command
+#    retrains seed 1 and prints the intervals and differences.)
 $PY experiments/deletion.py --config configs/sst2_minilm.py --out experiments/out/sst2_minilm_10pt "${SST2[@]}" \
   --methods $SIX \
   --config.data.max_train=5000 --config.tokenizer.max_length=48 --config.train.checkpoint_every_steps=60 \
@@ -57,20 +59,12 @@ $PY experiments/deletion.py --config configs/sst2_minilm.py --out experiments/ou
 # 6. SST-2 on a 2-layer BERT (hidden 128) from scratch, the six methods of Table 4 and the
 #    random control: 2 epochs (dev accuracy 0.760), 10 test points (5 per class), k = 20, 50,
 #    one seed, and the linear datamodeling score over 24 half-data subsets (294 retrainings).
-#    ~1.5 h (first run with three methods, 49 min; then the other four, 40 min)
+#    ~1 h 40 min (first run with three methods, 49 min; then the other four, 52 min)
 $PY experiments/deletion.py --config configs/sst2_bert_tiny.py --out experiments/out/sst2_bert_tiny_v2 "${SST2[@]}" \
   --methods $SIX \
   --config.train.epochs=2 --config.train.checkpoint_every_epochs=0 --config.train.checkpoint_every_steps=104 \
   --config.test_points.per_class=5 "--config.sweep.k_grid=(20, 50)" "--config.sweep.seeds=(0,)" \
   --config.sweep.lds.num_subsets=24
-
-# 7. The pretrained MiniLM with this version's design: step 5's run settings, TracIn-WE-topk,
-#    TracIn-last and the random control, 10 test points, k = 50, one seed. ~45 min
-$PY experiments/deletion.py --config configs/sst2_minilm.py --out experiments/out/sst2_minilm_v2 "${SST2[@]}" \
-  --methods tracin_we_topk,tracin_last,random \
-  --config.data.max_train=5000 --config.tokenizer.max_length=48 --config.train.checkpoint_every_steps=60 \
-  --config.train.group_by_length=50 --config.train.pad_to_multiple=8 \
-  --config.test_points.per_class=5 "--config.sweep.k_grid=(50,)" "--config.sweep.seeds=(0,)"
 
 # Tables for README, its figures (docs/figures) and the reports behind them (docs/results).
 $PY experiments/summarize.py --figures docs/figures --results docs/results

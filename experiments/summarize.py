@@ -124,7 +124,7 @@ TITLES = {"nooverlap_synthetic": "synthetic, no word overlap", "sst2_cnn": "SST-
           "sst2_bert_tiny": "SST-2, BERT L2-H128", "sst2_minilm_del": "SST-2, MiniLM-L6",
           "sst2_bert_tiny_10pt": "SST-2, BERT L2-H128, 10 test points",
           "sst2_minilm_10pt": "SST-2, MiniLM-L6, 10 test points",
-          "sst2_bert_tiny_v2": "SST-2, BERT L2-H128, vs random",
+          "sst2_bert_tiny_v2": "SST-2, BERT L2-H128, six methods vs random",
           "sst2_minilm_v2": "SST-2, MiniLM-L6, vs random"}
 
 

@@ -451,10 +451,11 @@ def plot_deletion_curves(summary: dict, path: Path) -> None:
         ax.axhline(0.0, color="gray", lw=0.8)
         ax.set_xlabel("k (training examples removed)")
         ax.set_ylabel(f"DEL{'+' if sign == '+' else '−'} (Δ gold-class prob.)")
-        ax.set_title(f"{summary['dataset']}: {SIGN_TEXT[sign]}")
+        ax.set_title(SIGN_TEXT[sign])
         if len(summary["k_grid"]) > 1 and summary["k_grid"][-1] / max(summary["k_grid"][0], 1) > 50:
             ax.set_xscale("log")
         ax.legend(fontsize=8)
+    fig.suptitle(str(summary["dataset"]))  # once, above both panels: long names do not overlap
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
