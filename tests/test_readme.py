@@ -149,3 +149,18 @@ def test_every_command_and_option_has_help_and_the_readme_table_lists_real_comma
     table = re.findall(r"^\| `([a-z-]+)[^`]*` \|", block, re.M)
     assert table and set(table) <= commands, set(table) - commands
     assert commands <= set(table), f"commands missing from README's table: {commands - set(table)}"
+
+
+def test_every_repository_path_the_readme_names_exists():
+    """Files and folders README.md points to (figures, configs, tools, docs, results) are in
+    the repository: a renamed or regenerated file leaves no dangling reference."""
+    text = README.read_text()
+    named = set(re.findall(r"\]\(((?:docs|configs|tools|experiments|tracin_jax|tests)/[^)\s#]+)\)", text))
+    named |= set(re.findall(r"`((?:docs|configs|tools|experiments|tracin_jax|tests)/[^`\s]+)`", text))
+    named = {p.split("::")[0].rstrip(".,:;") for p in named if not any(c in p for c in "<*{$")}
+    # placeholders (configs/NAME.py) and run outputs (experiments/out/..., not in git) aside
+    named = {p for p in named if not p.startswith("experiments/out/")
+             and not any(re.fullmatch(r"[A-Z][A-Z_]*(\.\w+)?", part) for part in p.split("/"))}
+    assert len(named) > 20, sorted(named)  # the README does name its figures, configs and tools
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert not missing, f"README.md names paths that are not in the repository: {missing}"
