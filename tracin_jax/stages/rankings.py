@@ -30,17 +30,10 @@ def store_ids(store: GradientStore) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(block["example_id"], np.int64), np.asarray(block["label"], np.int32)
 
 
-def random_rankings(test_store: GradientStore, train_ids, depth: int) -> Rankings:
-    """The ``random`` control (see ``RANDOM``): ``depth`` random proponents and ``depth``
-    other random opponents per test point, without scores."""
-    test_ids, test_labels = store_ids(test_store)
-    return random_control(test_ids, test_labels, train_ids, depth)
-
-
 def random_control(test_ids, test_labels, train_ids, depth: int, *, per_test_candidates=None) -> Rankings:
-    """``random_rankings`` from ids alone (no gradient store needed): per test id ``t``, the
-    first ``2 · depth`` of ``default_rng([7919, t]).permutation(pool)`` split into
-    proponents and opponents, ``pool`` being ``train_ids`` or, with ``per_test_candidates``
+    """The ``random`` control (see ``RANDOM``) from ids alone (no gradient store needed):
+    per test id ``t``, the first ``2 · depth`` of ``default_rng([7919, t]).permutation(pool)``
+    split into ``depth`` proponents and ``depth`` other opponents, ``pool`` being ``train_ids`` or, with ``per_test_candidates``
     (``{test id: training ids}``, as the no-overlap experiment restricts every method), that
     test point's candidates: the control then removes random examples from the same pool
     the methods choose from."""
@@ -77,7 +70,7 @@ def rank(method: str, test_store: GradientStore, train_store: GradientStore, dep
          allow_mismatch: bool = False) -> Rankings:
     """Top-``depth`` proponents/opponents via ``methods.top_k``; with ``with_tokens``, each
     neighbour's most negative token (decomposable methods; ``explain_retrieval``).
-    ``method="random"`` is the random-removal control (``random_rankings``)."""
+    ``method="random"`` is the random-removal control (``random_control``)."""
     if method == RANDOM:
         test_ids, test_labels = store_ids(test_store)
         return random_control(test_ids, test_labels, store_ids(train_store)[0], int(depth),
