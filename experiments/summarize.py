@@ -124,8 +124,7 @@ TITLES = {"nooverlap_synthetic": "synthetic, no word overlap", "sst2_cnn": "SST-
           "sst2_bert_tiny": "SST-2, BERT L2-H128", "sst2_minilm_del": "SST-2, MiniLM-L6",
           "sst2_bert_tiny_10pt": "SST-2, BERT L2-H128, 10 test points",
           "sst2_minilm_10pt": "SST-2, MiniLM-L6, 10 test points",
-          "sst2_bert_tiny_v2": "SST-2, BERT L2-H128, six methods vs random",
-          "sst2_minilm_v2": "SST-2, MiniLM-L6, vs random"}
+          "sst2_bert_tiny_v2": "SST-2, BERT L2-H128, six methods vs random"}
 
 
 def write_figures(out: Path, figures: Path) -> None:
@@ -177,7 +176,7 @@ def main() -> None:
     if args.results:
         copy_results(out, Path(args.results))
     for name in ("nooverlap_synthetic", "sst2_cnn", "sst2_bert_tiny", "sst2_bert_tiny_10pt", "sst2_minilm_del",
-                 "sst2_minilm_10pt", "sst2_bert_tiny_v2", "sst2_minilm_v2"):
+                 "sst2_minilm_10pt", "sst2_bert_tiny_v2"):
         sweep = out / name / "sweep"
         print(f"\n### {name}\n")
         if (sweep / "report" / "summary.json").exists():
