@@ -175,8 +175,7 @@ def main() -> None:
         write_figures(out, Path(args.figures))
     if args.results:
         copy_results(out, Path(args.results))
-    for name in ("nooverlap_synthetic", "sst2_cnn", "sst2_bert_tiny", "sst2_bert_tiny_10pt", "sst2_minilm_del",
-                 "sst2_minilm_10pt", "sst2_bert_tiny_v2"):
+    for name in TITLES:  # the experiments run_real_data.sh writes (and earlier ones)
         sweep = out / name / "sweep"
         print(f"\n### {name}\n")
         if (sweep / "report" / "summary.json").exists():
