@@ -20,9 +20,9 @@ PY=${PY:-.venv/bin/python}
 TJ=${TJ:-.venv/bin/tracin-jax}
 SIX=tracin_we_topk,tracin_we,tracin_last,tracin_tfidf,influence_last,representer,random
 
-# 1. No-word-overlap experiment at CPU scale (synthetic corpus, frozen word embedding). ~25 min
-#    (README: earlier report, run before this version's sweep design and the random control
-#    drawn from the candidates; rerunning this step with this version reports both)
+# 1. No-word-overlap experiment at CPU scale (synthetic corpus, frozen word embedding), the
+#    four methods and the random control drawn from each test point's candidates, 3 seeds
+#    (648 retrainings). ~26 min
 $PY experiments/nooverlap.py --config configs/nooverlap_synthetic.py --out experiments/out/nooverlap_synthetic
 
 # 2. The CNN per-layer study (Table 1) and bias vs no bias (sec. 3.2) on SST-2: cancellation
