@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU-scale results of README "Results at CPU scale" (2-core CPU, shared; about 5 hours
+# The CPU-scale results of README "Results at CPU scale" (2-core CPU, shared; about 6 hours
 # in all). Every command resumes where it stopped; rerunning one with more methods re-plans
 # its sweep and reuses every finished retraining (that is how step 6 grew from three
 # methods to seven).
@@ -47,9 +47,8 @@ $TJ analyze clusters --run experiments/out/sst2_cnn/run --models 5 --epochs 2 \
 
 # 5. SST-2 on the real pretrained MiniLM, the six methods of Table 4, 10 test points, k = 50:
 #    a deletion-sized run (5,000 examples, one epoch, max length 48) with length-grouped,
-#    trimmed batches (40 s per retraining, not 67 s). ~95 min. (README: earlier report; its
-#    sweep retrained the run's own seed 0; rerun with this version, the same command
-#    retrains seed 1 and prints the intervals and differences.)
+#    trimmed batches; one seed (seed 1: the run's seed 0 excluded), 139 retrainings, ~62 s
+#    each here. ~2 h 20 min
 $PY experiments/deletion.py --config configs/sst2_minilm.py --out experiments/out/sst2_minilm_10pt "${SST2[@]}" \
   --methods $SIX \
   --config.data.max_train=5000 --config.tokenizer.max_length=48 --config.train.checkpoint_every_steps=60 \
