@@ -33,10 +33,10 @@ def store_ids(store: GradientStore) -> tuple[np.ndarray, np.ndarray]:
 def random_control(test_ids, test_labels, train_ids, depth: int, *, per_test_candidates=None) -> Rankings:
     """The ``random`` control (see ``RANDOM``) from ids alone (no gradient store needed):
     per test id ``t``, the first ``2 · depth`` of ``default_rng([7919, t]).permutation(pool)``
-    split into ``depth`` proponents and ``depth`` other opponents, ``pool`` being ``train_ids`` or, with ``per_test_candidates``
-    (``{test id: training ids}``, as the no-overlap experiment restricts every method), that
-    test point's candidates: the control then removes random examples from the same pool
-    the methods choose from."""
+    split into ``depth`` proponents and ``depth`` other opponents, ``pool`` being
+    ``train_ids`` or, with ``per_test_candidates`` (``{test id: training ids}``, as the
+    no-overlap experiment restricts every method), that test point's candidates: the control
+    then removes random examples from the same pool the methods choose from."""
     train_ids = np.asarray(train_ids, np.int64)
     pools = [train_ids] * len(test_ids)
     if per_test_candidates is not None:
